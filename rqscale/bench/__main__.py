@@ -1,0 +1,29 @@
+"""`python -m rqscale.bench NAME [options]`: benchmarks that print what they measured, with the machine
+and the baseline measured in the same run."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rqscale.bench")
+    sub = parser.add_subparsers(dest="name", required=True)
+    q = sub.add_parser("quantizer", help="residual-quantizer encode throughput vs matmul peak")
+    q.add_argument("--num-codes", type=int, default=16384)
+    q.add_argument("--dim", type=int, default=256)
+    q.add_argument("--depth", type=int, default=4)
+    q.add_argument("--vectors", type=int, default=8192)
+    q.add_argument("--repeats", type=int, default=5)
+    q.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.name == "quantizer":
+        from rqscale.bench import quantizer
+
+        result = quantizer.run(args.num_codes, args.dim, args.depth, args.vectors, args.repeats, args.device)
+        print(quantizer.report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Range and cross-field checks. Each failure raises ConfigError naming the key and the fix."""
+from __future__ import annotations
+
+import os
+
+from rqscale.config.load import ConfigError
+from rqscale.config.schema import Config
+
+STAGES = ("stage1",)
+DATA_KINDS = ("bundled", "webdataset")
+BUNDLED_SETS = ("photos", "digits")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+DISC_LOSSES = ("hinge", "vanilla")
+GEN_LOSSES = ("vanilla", "hinge")
+DEVICES = ("auto", "cpu", "cuda")
+VGG16_FILE = "vgg16-397923af.pth"  # torchvision's published VGG-16 weights
+
+
+def validate(cfg: Config) -> None:
+    _check_choices(cfg)
+    _check_ranges(cfg)
+    _check_batch(cfg)
+    _check_code_shape(cfg)
+    _check_lpips_weights(cfg)
+    _check_files(cfg)
+
+
+def default_lpips_backbone() -> str:
+    """Where torchvision itself would cache VGG-16: $TORCH_HOME/hub/checkpoints/."""
+    torch_home = os.environ.get("TORCH_HOME", os.path.join(os.path.expanduser("~"), ".cache", "torch"))
+    return os.path.join(torch_home, "hub", "checkpoints", VGG16_FILE)
+
+
+def _choice(key: str, value: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ConfigError(key, f"'{value}' is not one of {', '.join(allowed)}", f"set {key} to one of {', '.join(allowed)}")
+
+
+def _check_choices(cfg: Config) -> None:
+    _choice("stage", cfg.stage, STAGES)
+    _choice("data.kind", cfg.data.kind, DATA_KINDS)
+    _choice("data.bundled_set", cfg.data.bundled_set, BUNDLED_SETS)
+    _choice("optim.name", cfg.optim.name, OPTIMIZERS)
+    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _choice("loss.disc_loss", cfg.loss.disc_loss, DISC_LOSSES)
+    _choice("loss.gen_loss", cfg.loss.gen_loss, GEN_LOSSES)
+    _choice("train.device", cfg.train.device, DEVICES)
+
+
+def _positive(key: str, value, strict: bool = True) -> None:
+    if value < 0 or (strict and value == 0):
+        bound = "> 0" if strict else ">= 0"
+        raise ConfigError(key, f"{value} is out of range (must be {bound})", f"set {key} {bound}")
+
+
+def _check_ranges(cfg: Config) -> None:
+    m, t, o = cfg.rqvae, cfg.train, cfg.optim
+    for key in ("resolution", "in_channels", "ch", "z_channels", "num_codes", "code_dim"):
+        _positive(f"rqvae.{key}", getattr(m, key))
+    for key in ("global_batch", "micro_batch", "grad_accum", "num_workers", "max_steps", "log_every"):
+        _positive(f"train.{key}", getattr(t, key))
+    _positive("optim.lr", o.lr)
+    _positive("optim.warmup_steps", o.warmup_steps, strict=False)
+    _positive("loss.beta", cfg.loss.beta, strict=False)
+    _positive("loss.lpips_weight", cfg.loss.lpips_weight, strict=False)
+    _positive("loss.disc_weight", cfg.loss.disc_weight, strict=False)
+    _positive("loss.disc_layers", cfg.loss.disc_layers)
+    if not 0.0 < m.ema_decay < 1.0:
+        raise ConfigError("rqvae.ema_decay", f"{m.ema_decay} is outside (0, 1)", "use a decay in (0, 1); the paper uses 0.99")
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError("optim.betas", f"{list(o.betas)} is not two values in [0, 1)", "write e.g. optim.betas=[0.5,0.9]")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError("rqvae.dropout", f"{m.dropout} is outside [0, 1)", "use a dropout probability in [0, 1)")
+    if m.ch % 32 or any((m.ch * k) % 32 for k in m.ch_mult):
+        raise ConfigError("rqvae.ch", f"channels {m.ch} x {list(m.ch_mult)} are not all multiples of 32", "GroupNorm(32) needs multiples of 32: pick ch a multiple of 32")
+
+
+def _check_batch(cfg: Config) -> None:
+    t = cfg.train
+    product = t.micro_batch * t.grad_accum * t.num_workers
+    if product != t.global_batch:
+        raise ConfigError(
+            "train.global_batch",
+            f"global_batch {t.global_batch} != micro_batch {t.micro_batch} x grad_accum {t.grad_accum} x num_workers {t.num_workers} = {product}",
+            "change train.micro_batch, train.grad_accum or train.num_workers so that their product equals train.global_batch",
+        )
+
+
+def _check_code_shape(cfg: Config) -> None:
+    m = cfg.rqvae
+    if len(m.code_shape) != 3:
+        raise ConfigError("rqvae.code_shape", f"{list(m.code_shape)} is not [H, W, D]", "write e.g. rqvae.code_shape=[8,8,4]")
+    if not m.ch_mult:
+        raise ConfigError("rqvae.ch_mult", "is empty", "give one multiplier per resolution level, e.g. [1,1,2,2,4,4]")
+    latent = m.resolution // 2 ** (len(m.ch_mult) - 1)
+    h, w, depth = m.code_shape
+    if m.resolution % 2 ** (len(m.ch_mult) - 1) or (h, w) != (latent, latent):
+        raise ConfigError(
+            "rqvae.code_shape",
+            f"code map {h}x{w} does not match the encoder: resolution {m.resolution} / 2^{len(m.ch_mult) - 1} downsamplings = {latent}",
+            f"set rqvae.code_shape=[{latent},{latent},{depth}] or change rqvae.ch_mult/rqvae.resolution",
+        )
+    _positive("rqvae.code_shape[2] (depth D)", depth)
+    levels = {m.resolution // 2**i for i in range(len(m.ch_mult))}
+    bad = [r for r in m.attn_resolutions if r not in levels]
+    if bad:
+        raise ConfigError("rqvae.attn_resolutions", f"{bad} is not among the encoder's resolutions {sorted(levels)}", "pick resolutions the encoder passes through")
+
+
+def _check_lpips_weights(cfg: Config) -> None:
+    loss = cfg.loss
+    if loss.lpips_weight == 0 or loss.lpips_random_backbone:
+        return
+    path = loss.lpips_backbone or default_lpips_backbone()
+    if not os.path.isfile(path):
+        raise ConfigError(
+            "loss.lpips_backbone",
+            f"LPIPS needs the VGG-16 weights file '{path}', which does not exist",
+            f"copy torchvision's {VGG16_FILE} there (or set loss.lpips_backbone=PATH); "
+            "for tests only, loss.lpips_random_backbone=true uses random VGG features",
+        )
+
+
+def _check_files(cfg: Config) -> None:
+    if cfg.run.init_from and not cfg.run.init_from.startswith("s3://") and not os.path.isfile(cfg.run.init_from):
+        raise ConfigError("run.init_from", f"weights file '{cfg.run.init_from}' does not exist", "point run.init_from at a trained RQ-VAE state dict (rqvae.pt)")
+    if cfg.data.kind == "webdataset" and not cfg.data.shards:
+        raise ConfigError("data.shards", "data.kind=webdataset needs a shard spec", "set data.shards, e.g. s3://bucket/imagenet/train-{000000..001281}.tar")

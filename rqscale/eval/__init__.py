@@ -1,0 +1,3 @@
+from rqscale.eval.reconstruction import coarse_to_fine
+
+__all__ = ["coarse_to_fine"]

@@ -1,0 +1,67 @@
+"""Stage 1 as a task: RQ-VAE + its losses -> dicts of named losses (what an engine wraps).
+
+Generator objective (Sec. 3.1.3, A.3, ref):
+  L = MSE(X, X^) + beta * L_commit + w_lpips * LPIPS(X, X^) + lambda * w_disc * L_G(D(X^))
+with lambda VQGAN's adaptive weight on the decoder's last conv, active from `disc_start`.
+Discriminator objective: hinge loss on real vs detached reconstructions.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rqscale.config.schema import Config
+from rqscale.config.validate import default_lpips_backbone
+from rqscale.losses import D_LOSSES, G_LOSSES, PatchDiscriminator, adaptive_weight, build_lpips, perceptual_loss
+from rqscale.models import RQVAE
+
+
+class Stage1Task(nn.Module):
+    def __init__(self, cfg: Config):
+        super().__init__()
+        self.loss_cfg = cfg.loss
+        self.rqvae = RQVAE(cfg.rqvae)
+        self.discriminator = PatchDiscriminator(cfg.rqvae.in_channels, cfg.loss.disc_ndf, cfg.loss.disc_layers)
+        self.lpips = None
+        if cfg.loss.lpips_weight > 0:
+            path = cfg.loss.lpips_backbone or default_lpips_backbone()
+            self.lpips = build_lpips(path, random_backbone=cfg.loss.lpips_random_backbone)
+        self.d_loss_fn = D_LOSSES[cfg.loss.disc_loss]
+        self.g_loss_fn = G_LOSSES[cfg.loss.gen_loss]
+
+    def disc_active(self, step: int) -> bool:
+        return self.loss_cfg.disc_weight > 0 and step >= self.loss_cfg.disc_start
+
+    def generator_losses(self, images: torch.Tensor, step: int) -> dict:
+        """Named generator losses; 'total' is what to backpropagate. 'reconstruction' is detached."""
+        out = self.rqvae(images)
+        recon = F.mse_loss(out.reconstruction.float(), images.float())  # Eq. 6 (ref: mean)
+        lpips = self._lpips(images, out.reconstruction)
+        losses = {"recon": recon.detach(), "commit": out.commitment_loss.detach(), "lpips": lpips.detach()}
+        nll = recon + self.loss_cfg.lpips_weight * lpips
+        total = nll + self.loss_cfg.beta * out.commitment_loss
+        if self.disc_active(step):
+            g_loss = self.g_loss_fn(self.discriminator(out.reconstruction))
+            g_weight = adaptive_weight(nll, g_loss, self.rqvae.last_layer)
+            total = total + g_weight * self.loss_cfg.disc_weight * g_loss
+            losses.update(gen=g_loss.detach(), g_weight=g_weight)
+        losses.update(total=total, reconstruction=out.reconstruction.detach(), codes=out.codes)
+        return losses
+
+    def _lpips(self, images: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+        if self.lpips is None:
+            return recon.new_zeros(())
+        return perceptual_loss(self.lpips, images, recon)
+
+    def discriminator_losses(self, images: torch.Tensor, reconstructions: torch.Tensor) -> dict:
+        logits_real = self.discriminator(images.detach())
+        logits_fake = self.discriminator(reconstructions.detach())
+        loss = self.d_loss_fn(logits_real, logits_fake)
+        return {"total": loss, "logits_real": logits_real.mean().detach(), "logits_fake": logits_fake.mean().detach()}
+
+    def generator_parameters(self):
+        return list(self.rqvae.parameters())
+
+    def discriminator_parameters(self):
+        return list(self.discriminator.parameters())

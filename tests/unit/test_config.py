@@ -1,0 +1,105 @@
+"""Config loading: defaults, YAML differences, overrides, and errors that name the key and the fix."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rqscale.config import ConfigError, load, save_resolved
+from rqscale.config.schema import Config
+
+from tests.conftest import DEBUG_STAGE1 as DEBUG
+from tests.conftest import REPO
+
+
+def test_defaults_are_the_paper_values():
+    cfg = Config()
+    assert cfg.rqvae.ch_mult == [1, 1, 2, 2, 4, 4] and cfg.rqvae.code_shape == [8, 8, 4]
+    assert (cfg.rqvae.num_codes, cfg.rqvae.code_dim, cfg.rqvae.ema_decay) == (16384, 256, 0.99)
+    assert (cfg.loss.beta, cfg.loss.lpips_weight, cfg.loss.disc_weight) == (0.25, 1.0, 0.75)
+    assert (cfg.optim.lr, cfg.optim.betas) == (4e-5, [0.5, 0.9])
+
+
+def test_yaml_and_overrides_layer_on_schema(tmp_path):
+    cfg = load(DEBUG, ["train.max_steps=7", "optim.betas=[0.4,0.8]"])
+    assert cfg.rqvae.resolution == 32 and cfg.train.max_steps == 7 and cfg.optim.betas == [0.4, 0.8]
+    assert cfg.loss.beta == 0.25  # untouched keys keep schema defaults
+    save_resolved(cfg, str(tmp_path / "resolved.yaml"))
+    assert load(str(tmp_path / "resolved.yaml")) == cfg  # the saved config reproduces the run
+
+
+@pytest.mark.parametrize(
+    "override, key, words",
+    [
+        ("train.global_bach=16", "train.global_bach", "did you mean 'train.global_batch'"),
+        ("train.max_steps=abc", "train.max_steps", "wrong type"),
+        ("train.micro_batch=5", "train.global_batch", "micro_batch 5"),
+        ("rqvae.code_shape=[4,4,4]", "rqvae.code_shape", "[8,8,4]"),
+        ("rqvae.ema_decay=1.5", "rqvae.ema_decay", "(0, 1)"),
+        ("optim.lr=-1", "optim.lr", "out of range"),
+        ("optim.name=sgd", "optim.name", "adam"),
+    ],
+)
+def test_bad_values_name_the_key(override, key, words):
+    with pytest.raises(ConfigError) as err:
+        load(DEBUG, [override])
+    assert err.value.key == key
+    assert words in str(err.value)
+
+
+def test_missing_lpips_weights_names_the_file(tmp_path):
+    missing = tmp_path / "nowhere" / "vgg16.pth"
+    with pytest.raises(ConfigError) as err:
+        load(DEBUG, ["loss.lpips_random_backbone=false", f"loss.lpips_backbone={missing}"])
+    assert err.value.key == "loss.lpips_backbone" and str(missing) in str(err.value)
+
+
+CLI_CASES = {
+    "unknown key": (["rqvae.chanels=3"], "rqvae.chanels"),
+    "wrong type": (["train.global_batch=many"], "train.global_batch"),
+    "inconsistent batch": (["train.grad_accum=3"], "train.global_batch"),
+    "missing lpips weights": (["loss.lpips_random_backbone=false", "loss.lpips_backbone=/no/such/vgg16.pth"], "/no/such/vgg16.pth"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_cli_rejects_bad_config_with_one_line(case, tmp_path):
+    overrides, needle = CLI_CASES[case]
+    proc = subprocess.run(
+        [sys.executable, "-m", "rqscale.train", DEBUG, f"run.output_dir={tmp_path}", *overrides],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert proc.returncode == 2
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0  # one clear message
+    assert not os.listdir(tmp_path)  # rejected before any run directory was written
+
+
+def test_missing_config_file_is_clear():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load("/no/such/config.yaml")
+
+
+STAGE1_CONFIGS = ["imagenet.yaml", "ffhq.yaml", "lsun_finetune.yaml"]
+
+
+@pytest.mark.parametrize("name", STAGE1_CONFIGS)
+def test_stage1_paper_configs_validate(name):
+    path = os.path.join(REPO, "configs", "stage1", name)
+    with open(path) as f:
+        assert f.readline().startswith("# python -m rqscale.train configs/stage1/" + name)
+    cfg = load(path, ["loss.lpips_random_backbone=true"])  # no VGG weights on CI machines
+    assert cfg.train.global_batch == 128 and cfg.rqvae.code_shape == [8, 8, 4]
+
+
+def test_lsun_finetune_recipe():
+    cfg = load(os.path.join(REPO, "configs", "stage1", "lsun_finetune.yaml"), ["loss.lpips_random_backbone=true"])
+    assert cfg.optim.lr == 4e-6  # A.3
+    ffhq = load(os.path.join(REPO, "configs", "stage1", "ffhq.yaml"), ["loss.lpips_random_backbone=true"])
+    assert ffhq.rqvae.num_codes == 2048 and ffhq.rqvae.attn_resolutions == [16]
+
+
+def test_missing_init_weights_names_the_file():
+    with pytest.raises(ConfigError) as err:
+        load(DEBUG, ["run.init_from=/no/such/rqvae.pt"])
+    assert err.value.key == "run.init_from" and "/no/such/rqvae.pt" in str(err.value)
