@@ -1,4 +1,5 @@
 """Config loading: defaults, YAML differences, overrides, and errors that name the key and the fix."""
+import glob
 import os
 import subprocess
 import sys
@@ -54,23 +55,25 @@ def test_missing_lpips_weights_names_the_file(tmp_path):
     assert err.value.key == "loss.lpips_backbone" and str(missing) in str(err.value)
 
 
-CLI_CASES = {
-    "unknown key": (["rqvae.chanels=3"], "rqvae.chanels"),
-    "wrong type": (["train.global_batch=many"], "train.global_batch"),
-    "inconsistent batch": (["train.grad_accum=3"], "train.global_batch"),
-    "missing lpips weights": (["loss.lpips_random_backbone=false", "loss.lpips_backbone=/no/such/vgg16.pth"], "/no/such/vgg16.pth"),
+CLI_CASES = {  # overrides, the key the message must name, more text it must hold
+    "unknown key": (["rqvae.num_code=3"], "rqvae.num_code", "did you mean 'rqvae.num_codes'"),
+    "wrong type": (["train.global_batch=many"], "train.global_batch", "many"),
+    "inconsistent batch": (["train.grad_accum=3"], "train.global_batch", "grad_accum 3"),
+    "missing lpips weights": (["loss.lpips_random_backbone=false", "loss.lpips_backbone=/no/such/vgg16.pth"],
+                              "loss.lpips_backbone", "/no/such/vgg16.pth"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CLI_CASES))
 def test_cli_rejects_bad_config_with_one_line(case, tmp_path):
-    overrides, needle = CLI_CASES[case]
+    overrides, key, detail = CLI_CASES[case]
     proc = subprocess.run(
         [sys.executable, "-m", "rqscale.train", DEBUG, f"run.output_dir={tmp_path}", *overrides],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert proc.returncode == 2
-    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert f"config key '{key}'" in proc.stderr and detail in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0  # one clear message
     assert not os.listdir(tmp_path)  # rejected before any run directory was written
 
@@ -103,3 +106,22 @@ def test_missing_init_weights_names_the_file():
     with pytest.raises(ConfigError) as err:
         load(DEBUG, ["run.init_from=/no/such/rqvae.pt"])
     assert err.value.key == "run.init_from" and "/no/such/rqvae.pt" in str(err.value)
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _leaves(value, path + ".")
+        else:
+            yield path, value
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)))
+def test_config_files_hold_only_differences(path):
+    from omegaconf import OmegaConf
+
+    defaults = OmegaConf.to_container(OmegaConf.structured(Config))
+    written = OmegaConf.to_container(OmegaConf.load(path))
+    for key, value in _leaves(written):
+        assert OmegaConf.select(OmegaConf.create(defaults), key) != value, f"{path}: {key} repeats the schema default"
