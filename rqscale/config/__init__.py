@@ -6,13 +6,14 @@ from rqscale.config.schema import (
     OptimConfig,
     RQVAEConfig,
     RunConfig,
+    Stage1Config,
     Stage1LossConfig,
     TrainConfig,
 )
 from rqscale.config.validate import default_lpips_backbone, validate
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "OptimConfig", "RQVAEConfig", "RunConfig",
+    "Config", "ConfigError", "DataConfig", "OptimConfig", "RQVAEConfig", "RunConfig", "Stage1Config",
     "Stage1LossConfig", "TrainConfig", "default_lpips_backbone", "load", "save_resolved",
     "to_yaml", "validate",
 ]

@@ -68,6 +68,14 @@ class OptimConfig:
 
 
 @dataclass
+class Stage1Config:
+    """The RQ-VAE recipe: losses and optimizer (A.3)."""
+
+    loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
 class DataConfig:
     kind: str = "bundled"  # bundled: real images shipped in scikit-learn / scikit-image; webdataset: shards
     bundled_set: str = "photos"  # photos | digits
@@ -93,7 +101,6 @@ class Config:
     stage: str = "stage1"
     run: RunConfig = field(default_factory=RunConfig)
     rqvae: RQVAEConfig = field(default_factory=RQVAEConfig)
-    loss: Stage1LossConfig = field(default_factory=Stage1LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    stage1: Stage1Config = field(default_factory=Stage1Config)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -41,10 +41,10 @@ def _check_choices(cfg: Config) -> None:
     _choice("stage", cfg.stage, STAGES)
     _choice("data.kind", cfg.data.kind, DATA_KINDS)
     _choice("data.bundled_set", cfg.data.bundled_set, BUNDLED_SETS)
-    _choice("optim.name", cfg.optim.name, OPTIMIZERS)
-    _choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
-    _choice("loss.disc_loss", cfg.loss.disc_loss, DISC_LOSSES)
-    _choice("loss.gen_loss", cfg.loss.gen_loss, GEN_LOSSES)
+    _choice("stage1.optim.name", cfg.stage1.optim.name, OPTIMIZERS)
+    _choice("stage1.optim.schedule", cfg.stage1.optim.schedule, SCHEDULES)
+    _choice("stage1.loss.disc_loss", cfg.stage1.loss.disc_loss, DISC_LOSSES)
+    _choice("stage1.loss.gen_loss", cfg.stage1.loss.gen_loss, GEN_LOSSES)
     _choice("train.device", cfg.train.device, DEVICES)
 
 
@@ -55,21 +55,21 @@ def _positive(key: str, value, strict: bool = True) -> None:
 
 
 def _check_ranges(cfg: Config) -> None:
-    m, t, o = cfg.rqvae, cfg.train, cfg.optim
+    m, t, o = cfg.rqvae, cfg.train, cfg.stage1.optim
     for key in ("resolution", "in_channels", "ch", "z_channels", "num_codes", "code_dim"):
         _positive(f"rqvae.{key}", getattr(m, key))
     for key in ("global_batch", "micro_batch", "grad_accum", "num_workers", "max_steps", "log_every"):
         _positive(f"train.{key}", getattr(t, key))
-    _positive("optim.lr", o.lr)
-    _positive("optim.warmup_steps", o.warmup_steps, strict=False)
-    _positive("loss.beta", cfg.loss.beta, strict=False)
-    _positive("loss.lpips_weight", cfg.loss.lpips_weight, strict=False)
-    _positive("loss.disc_weight", cfg.loss.disc_weight, strict=False)
-    _positive("loss.disc_layers", cfg.loss.disc_layers)
+    _positive("stage1.optim.lr", o.lr)
+    _positive("stage1.optim.warmup_steps", o.warmup_steps, strict=False)
+    _positive("stage1.loss.beta", cfg.stage1.loss.beta, strict=False)
+    _positive("stage1.loss.lpips_weight", cfg.stage1.loss.lpips_weight, strict=False)
+    _positive("stage1.loss.disc_weight", cfg.stage1.loss.disc_weight, strict=False)
+    _positive("stage1.loss.disc_layers", cfg.stage1.loss.disc_layers)
     if not 0.0 < m.ema_decay < 1.0:
         raise ConfigError("rqvae.ema_decay", f"{m.ema_decay} is outside (0, 1)", "use a decay in (0, 1); the paper uses 0.99")
     if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise ConfigError("optim.betas", f"{list(o.betas)} is not two values in [0, 1)", "write e.g. optim.betas=[0.5,0.9]")
+        raise ConfigError("stage1.optim.betas", f"{list(o.betas)} is not two values in [0, 1)", "write e.g. stage1.optim.betas=[0.5,0.9]")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError("rqvae.dropout", f"{m.dropout} is outside [0, 1)", "use a dropout probability in [0, 1)")
     if m.ch % 32 or any((m.ch * k) % 32 for k in m.ch_mult):
@@ -109,16 +109,16 @@ def _check_code_shape(cfg: Config) -> None:
 
 
 def _check_lpips_weights(cfg: Config) -> None:
-    loss = cfg.loss
+    loss = cfg.stage1.loss
     if loss.lpips_weight == 0 or loss.lpips_random_backbone:
         return
     path = loss.lpips_backbone or default_lpips_backbone()
     if not os.path.isfile(path):
         raise ConfigError(
-            "loss.lpips_backbone",
+            "stage1.loss.lpips_backbone",
             f"LPIPS needs the VGG-16 weights file '{path}', which does not exist",
-            f"copy torchvision's {VGG16_FILE} there (or set loss.lpips_backbone=PATH); "
-            "for tests only, loss.lpips_random_backbone=true uses random VGG features",
+            f"copy torchvision's {VGG16_FILE} there (or set stage1.loss.lpips_backbone=PATH); "
+            "for tests only, stage1.loss.lpips_random_backbone=true uses random VGG features",
         )
 
 

@@ -24,7 +24,7 @@ def build_lpips(backbone_path: str | None, random_backbone: bool = False) -> nn.
     if not random_backbone and (backbone_path is None or not os.path.isfile(backbone_path)):
         raise MissingWeightsError(
             f"LPIPS backbone weights not found: '{backbone_path}'. Put torchvision's VGG-16 state dict "
-            "(vgg16-397923af.pth) there, or set loss.lpips_random_backbone=true for tests."
+            "(vgg16-397923af.pth) there, or set stage1.loss.lpips_random_backbone=true for tests."
         )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # torchvision's 'pretrained' deprecation notice

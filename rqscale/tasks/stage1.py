@@ -20,15 +20,15 @@ from rqscale.models import RQVAE
 class Stage1Task(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
-        self.loss_cfg = cfg.loss
+        self.loss_cfg = cfg.stage1.loss
         self.rqvae = RQVAE(cfg.rqvae)
-        self.discriminator = PatchDiscriminator(cfg.rqvae.in_channels, cfg.loss.disc_ndf, cfg.loss.disc_layers)
+        self.discriminator = PatchDiscriminator(cfg.rqvae.in_channels, cfg.stage1.loss.disc_ndf, cfg.stage1.loss.disc_layers)
         self.lpips = None
-        if cfg.loss.lpips_weight > 0:
-            path = cfg.loss.lpips_backbone or default_lpips_backbone()
-            self.lpips = build_lpips(path, random_backbone=cfg.loss.lpips_random_backbone)
-        self.d_loss_fn = D_LOSSES[cfg.loss.disc_loss]
-        self.g_loss_fn = G_LOSSES[cfg.loss.gen_loss]
+        if cfg.stage1.loss.lpips_weight > 0:
+            path = cfg.stage1.loss.lpips_backbone or default_lpips_backbone()
+            self.lpips = build_lpips(path, random_backbone=cfg.stage1.loss.lpips_random_backbone)
+        self.d_loss_fn = D_LOSSES[cfg.stage1.loss.disc_loss]
+        self.g_loss_fn = G_LOSSES[cfg.stage1.loss.gen_loss]
 
     def disc_active(self, step: int) -> bool:
         return self.loss_cfg.disc_weight > 0 and step >= self.loss_cfg.disc_start

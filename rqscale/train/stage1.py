@@ -18,10 +18,10 @@ class Stage1Trainer:
     def __init__(self, task: Stage1Task, cfg: Config):
         self.task, self.cfg = task, cfg
         total = cfg.train.max_steps
-        self.opt_g = build_optimizer(task.generator_parameters(), cfg.optim)
-        self.opt_d = build_optimizer(task.discriminator_parameters(), cfg.optim, lr=cfg.optim.disc_lr)
-        self.sched_g = build_scheduler(self.opt_g, cfg.optim, total)
-        self.sched_d = build_scheduler(self.opt_d, cfg.optim, total)
+        self.opt_g = build_optimizer(task.generator_parameters(), cfg.stage1.optim)
+        self.opt_d = build_optimizer(task.discriminator_parameters(), cfg.stage1.optim, lr=cfg.stage1.optim.disc_lr)
+        self.sched_g = build_scheduler(self.opt_g, cfg.stage1.optim, total)
+        self.sched_d = build_scheduler(self.opt_d, cfg.stage1.optim, total)
 
     def step(self, micro_batches: Sequence[torch.Tensor], step: int) -> dict:
         """Accumulate over the micro-batches, then step both optimizers. Returns float metrics."""
@@ -53,8 +53,8 @@ class Stage1Trainer:
         self._clip_and_step(self.opt_d, self.sched_d, self.task.discriminator_parameters())
 
     def _clip_and_step(self, optimizer, scheduler, params) -> None:
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        if self.cfg.stage1.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.stage1.optim.grad_clip)
         optimizer.step()
         scheduler.step()
 

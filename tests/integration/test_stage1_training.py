@@ -35,7 +35,7 @@ def test_run_outputs(trained_stage1):
     rows = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
     assert len(rows) == cfg.train.max_steps
     gan_steps = [r["step"] for r in rows if "d/total" in r]
-    assert gan_steps == list(range(cfg.loss.disc_start, cfg.train.max_steps))  # GAN on from disc_start
+    assert gan_steps == list(range(cfg.stage1.loss.disc_start, cfg.train.max_steps))  # GAN on from disc_start
     image = np.asarray(Image.open(summary["picture"]))
     assert image.ndim == 3 and image.shape[0] < image.shape[1]  # 5 rows (input + 4 depths) x 8 columns
     assert image.std() > 10  # a real picture, not a blank canvas
@@ -44,7 +44,7 @@ def test_run_outputs(trained_stage1):
 def test_cli_demo_runs_end_to_end(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "rqscale.train", DEBUG_STAGE1, f"run.output_dir={tmp_path}", "train.max_steps=3",
-         "loss.disc_start=1", "data.num_samples=64"],
+         "stage1.loss.disc_start=1", "data.num_samples=64"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr

@@ -17,14 +17,14 @@ def test_defaults_are_the_paper_values():
     cfg = Config()
     assert cfg.rqvae.ch_mult == [1, 1, 2, 2, 4, 4] and cfg.rqvae.code_shape == [8, 8, 4]
     assert (cfg.rqvae.num_codes, cfg.rqvae.code_dim, cfg.rqvae.ema_decay) == (16384, 256, 0.99)
-    assert (cfg.loss.beta, cfg.loss.lpips_weight, cfg.loss.disc_weight) == (0.25, 1.0, 0.75)
-    assert (cfg.optim.lr, cfg.optim.betas) == (4e-5, [0.5, 0.9])
+    assert (cfg.stage1.loss.beta, cfg.stage1.loss.lpips_weight, cfg.stage1.loss.disc_weight) == (0.25, 1.0, 0.75)
+    assert (cfg.stage1.optim.lr, cfg.stage1.optim.betas) == (4e-5, [0.5, 0.9])
 
 
 def test_yaml_and_overrides_layer_on_schema(tmp_path):
-    cfg = load(DEBUG, ["train.max_steps=7", "optim.betas=[0.4,0.8]"])
-    assert cfg.rqvae.resolution == 32 and cfg.train.max_steps == 7 and cfg.optim.betas == [0.4, 0.8]
-    assert cfg.loss.beta == 0.25  # untouched keys keep schema defaults
+    cfg = load(DEBUG, ["train.max_steps=7", "stage1.optim.betas=[0.4,0.8]"])
+    assert cfg.rqvae.resolution == 32 and cfg.train.max_steps == 7 and cfg.stage1.optim.betas == [0.4, 0.8]
+    assert cfg.stage1.loss.beta == 0.25  # untouched keys keep schema defaults
     save_resolved(cfg, str(tmp_path / "resolved.yaml"))
     assert load(str(tmp_path / "resolved.yaml")) == cfg  # the saved config reproduces the run
 
@@ -37,8 +37,8 @@ def test_yaml_and_overrides_layer_on_schema(tmp_path):
         ("train.micro_batch=5", "train.global_batch", "micro_batch 5"),
         ("rqvae.code_shape=[4,4,4]", "rqvae.code_shape", "[8,8,4]"),
         ("rqvae.ema_decay=1.5", "rqvae.ema_decay", "(0, 1)"),
-        ("optim.lr=-1", "optim.lr", "out of range"),
-        ("optim.name=sgd", "optim.name", "adam"),
+        ("stage1.optim.lr=-1", "stage1.optim.lr", "out of range"),
+        ("stage1.optim.name=sgd", "stage1.optim.name", "adam"),
     ],
 )
 def test_bad_values_name_the_key(override, key, words):
@@ -51,16 +51,16 @@ def test_bad_values_name_the_key(override, key, words):
 def test_missing_lpips_weights_names_the_file(tmp_path):
     missing = tmp_path / "nowhere" / "vgg16.pth"
     with pytest.raises(ConfigError) as err:
-        load(DEBUG, ["loss.lpips_random_backbone=false", f"loss.lpips_backbone={missing}"])
-    assert err.value.key == "loss.lpips_backbone" and str(missing) in str(err.value)
+        load(DEBUG, ["stage1.loss.lpips_random_backbone=false", f"stage1.loss.lpips_backbone={missing}"])
+    assert err.value.key == "stage1.loss.lpips_backbone" and str(missing) in str(err.value)
 
 
 CLI_CASES = {  # overrides, the key the message must name, more text it must hold
     "unknown key": (["rqvae.num_code=3"], "rqvae.num_code", "did you mean 'rqvae.num_codes'"),
     "wrong type": (["train.global_batch=many"], "train.global_batch", "many"),
     "inconsistent batch": (["train.grad_accum=3"], "train.global_batch", "grad_accum 3"),
-    "missing lpips weights": (["loss.lpips_random_backbone=false", "loss.lpips_backbone=/no/such/vgg16.pth"],
-                              "loss.lpips_backbone", "/no/such/vgg16.pth"),
+    "missing lpips weights": (["stage1.loss.lpips_random_backbone=false", "stage1.loss.lpips_backbone=/no/such/vgg16.pth"],
+                              "stage1.loss.lpips_backbone", "/no/such/vgg16.pth"),
 }
 
 
@@ -91,14 +91,14 @@ def test_stage1_paper_configs_validate(name):
     path = os.path.join(REPO, "configs", "stage1", name)
     with open(path) as f:
         assert f.readline().startswith("# python -m rqscale.train configs/stage1/" + name)
-    cfg = load(path, ["loss.lpips_random_backbone=true"])  # no VGG weights on CI machines
+    cfg = load(path, ["stage1.loss.lpips_random_backbone=true"])  # no VGG weights on CI machines
     assert cfg.train.global_batch == 128 and cfg.rqvae.code_shape == [8, 8, 4]
 
 
 def test_lsun_finetune_recipe():
-    cfg = load(os.path.join(REPO, "configs", "stage1", "lsun_finetune.yaml"), ["loss.lpips_random_backbone=true"])
-    assert cfg.optim.lr == 4e-6  # A.3
-    ffhq = load(os.path.join(REPO, "configs", "stage1", "ffhq.yaml"), ["loss.lpips_random_backbone=true"])
+    cfg = load(os.path.join(REPO, "configs", "stage1", "lsun_finetune.yaml"), ["stage1.loss.lpips_random_backbone=true"])
+    assert cfg.stage1.optim.lr == 4e-6  # A.3
+    ffhq = load(os.path.join(REPO, "configs", "stage1", "ffhq.yaml"), ["stage1.loss.lpips_random_backbone=true"])
     assert ffhq.rqvae.num_codes == 2048 and ffhq.rqvae.attn_resolutions == [16]
 
 
