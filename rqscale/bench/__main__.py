@@ -16,12 +16,21 @@ def main(argv=None) -> int:
     q.add_argument("--vectors", type=int, default=8192)
     q.add_argument("--repeats", type=int, default=5)
     q.add_argument("--device", default="cpu")
+    s = sub.add_parser("sample", help="RQ-Transformer sampling: KV cache, scaling with T, absolute speed")
+    s.add_argument("--config", default="configs/debug/stage2_bench.yaml")
+    s.add_argument("--batch", type=int, default=100)
+    s.add_argument("--baseline-batch", type=int, default=0, help="batch for the no-cache baseline (0 = --batch)")
+    s.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     if args.name == "quantizer":
         from rqscale.bench import quantizer
 
         result = quantizer.run(args.num_codes, args.dim, args.depth, args.vectors, args.repeats, args.device)
         print(quantizer.report(result))
+    elif args.name == "sample":
+        from rqscale.bench import sample
+
+        print(sample.report(sample.run(args.config, args.batch, args.device, args.baseline_batch)))
     return 0
 
 

@@ -23,8 +23,10 @@ class ConfigError(ValueError):
         super().__init__(f"config key '{key}': {problem}. Fix: {fix}")
 
 
-def load(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Schema defaults <- YAML file <- command-line overrides, then validate()."""
+def load(path: str | None = None, overrides: Sequence[str] = (), check_files: bool = True) -> Config:
+    """Schema defaults <- YAML file <- command-line overrides, then validate().
+
+    `check_files=False` skips checks that weight files exist (for planning a config elsewhere)."""
     merged = OmegaConf.structured(Config)
     layers = []
     if path is not None:
@@ -35,12 +37,21 @@ def load(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
     cfg = OmegaConf.to_object(merged)
     from rqscale.config.validate import validate  # local: validate imports schema only
 
-    validate(cfg)
+    validate(cfg, check_files=check_files)
     return cfg
 
 
 def to_yaml(cfg: Config) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def from_yaml_text(text: str) -> Config:
+    """Rebuild a Config from resolved YAML (e.g. stored in a checkpoint), without file checks."""
+    cfg = OmegaConf.to_object(_merge(OmegaConf.structured(Config), OmegaConf.create(text)))
+    from rqscale.config.validate import validate
+
+    validate(cfg, check_files=False)
+    return cfg
 
 
 def save_resolved(cfg: Config, path: str) -> None:

@@ -76,6 +76,52 @@ class Stage1Config:
 
 
 @dataclass
+class RQTransformerConfig:
+    """Spatial + depth transformers (Sec. 3.2.2, A.2). Defaults: the ImageNet 821M row of Table A.1."""
+
+    embed_dim: int = 1536  # n_e
+    num_heads: int = 24
+    spatial_layers: int = 24  # N_spatial
+    depth_layers: int = 4  # N_depth
+    mlp_ratio: int = 4  # ref: GELU MLP 4x
+    embd_dropout: float = 0.1  # A.3: dropout 0.1 in every block (0.3 for 3.8B); ref applies it to
+    resid_dropout: float = 0.1  # the embeddings, attention weights and residual branches alike
+    attn_dropout: float = 0.1
+    condition: str = "class"  # none | class | text
+    num_classes: int = 1000
+    text_vocab: int = 16384  # BPE vocabulary for CC-3M captions (ref)
+    text_length: int = 32  # A.2: 32 text tokens, T = 32 + 64 - 1 = 95
+    cond_dropout: float = 0.0  # > 0 learns a null condition for classifier-free guidance (paper: 0)
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class Stage2LossConfig:
+    temperature: float = 0.5  # tau of Eq. 15, Table A.1 (1.0 for FFHQ)
+    soft_labels: bool = True  # Sec. 3.2.3, B.3: used together with stochastic codes
+    stochastic_codes: bool = True
+    text_weight: float = 0.1  # ref: CC-3M text next-token loss weight
+    image_weight: float = 0.9
+
+
+def _stage2_optim() -> OptimConfig:
+    # A.3: AdamW, betas (0.9, 0.95), lr 5e-4 with cosine decay, weight decay 1e-4; grad clip 1.0 (ref).
+    return OptimConfig(name="adamw", lr=5.0e-4, betas=[0.9, 0.95], weight_decay=1.0e-4, warmup_steps=0,
+                       schedule="cosine", grad_clip=1.0)
+
+
+@dataclass
+class Stage2Config:
+    """The RQ-Transformer recipe (A.2, A.3), trained on codes of a frozen RQ-VAE."""
+
+    model: RQTransformerConfig = field(default_factory=RQTransformerConfig)
+    loss: Stage2LossConfig = field(default_factory=Stage2LossConfig)
+    optim: OptimConfig = field(default_factory=_stage2_optim)
+    rqvae_checkpoint: Optional[str] = None  # rqvae.pt written by a stage-1 run
+    tokenizer: Optional[str] = None  # tokenizer.json for text conditioning
+
+
+@dataclass
 class DataConfig:
     kind: str = "bundled"  # bundled: real images shipped in scikit-learn / scikit-image; webdataset: shards
     bundled_set: str = "photos"  # photos | digits
@@ -102,5 +148,6 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     rqvae: RQVAEConfig = field(default_factory=RQVAEConfig)
     stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -6,7 +6,8 @@ import os
 from rqscale.config.load import ConfigError
 from rqscale.config.schema import Config
 
-STAGES = ("stage1",)
+STAGES = ("stage1", "stage2")
+CONDITIONS = ("none", "class", "text")
 DATA_KINDS = ("bundled", "webdataset")
 BUNDLED_SETS = ("photos", "digits")
 OPTIMIZERS = ("adam", "adamw")
@@ -17,13 +18,16 @@ DEVICES = ("auto", "cpu", "cuda")
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's published VGG-16 weights
 
 
-def validate(cfg: Config) -> None:
+def validate(cfg: Config, check_files: bool = True) -> None:
+    """Raise ConfigError for the first problem. `check_files=False` skips weight-file checks (planning)."""
     _check_choices(cfg)
     _check_ranges(cfg)
     _check_batch(cfg)
     _check_code_shape(cfg)
-    _check_lpips_weights(cfg)
-    _check_files(cfg)
+    _check_stage2(cfg)
+    if check_files:
+        _check_lpips_weights(cfg)
+        _check_files(cfg)
 
 
 def default_lpips_backbone() -> str:
@@ -46,6 +50,9 @@ def _check_choices(cfg: Config) -> None:
     _choice("stage1.loss.disc_loss", cfg.stage1.loss.disc_loss, DISC_LOSSES)
     _choice("stage1.loss.gen_loss", cfg.stage1.loss.gen_loss, GEN_LOSSES)
     _choice("train.device", cfg.train.device, DEVICES)
+    _choice("stage2.model.condition", cfg.stage2.model.condition, CONDITIONS)
+    _choice("stage2.optim.name", cfg.stage2.optim.name, OPTIMIZERS)
+    _choice("stage2.optim.schedule", cfg.stage2.optim.schedule, SCHEDULES)
 
 
 def _positive(key: str, value, strict: bool = True) -> None:
@@ -108,9 +115,37 @@ def _check_code_shape(cfg: Config) -> None:
         raise ConfigError("rqvae.attn_resolutions", f"{bad} is not among the encoder's resolutions {sorted(levels)}", "pick resolutions the encoder passes through")
 
 
+def _fraction(key: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(key, f"{value} is outside [0, 1)", f"set {key} to a probability in [0, 1)")
+
+
+def _check_stage2(cfg: Config) -> None:
+    m, loss, o = cfg.stage2.model, cfg.stage2.loss, cfg.stage2.optim
+    for key in ("embed_dim", "num_heads", "spatial_layers", "depth_layers", "mlp_ratio", "num_classes", "text_vocab", "text_length"):
+        _positive(f"stage2.model.{key}", getattr(m, key))
+    if m.embed_dim % m.num_heads:
+        raise ConfigError("stage2.model.num_heads", f"embed_dim {m.embed_dim} is not divisible by num_heads {m.num_heads}",
+                          "pick num_heads dividing embed_dim (Table A.1 uses head size 64)")
+    for key in ("embd_dropout", "resid_dropout", "attn_dropout", "cond_dropout"):
+        _fraction(f"stage2.model.{key}", getattr(m, key))
+    _positive("stage2.loss.temperature", loss.temperature, strict=False)
+    _positive("stage2.loss.text_weight", loss.text_weight, strict=False)
+    _positive("stage2.loss.image_weight", loss.image_weight)
+    _positive("stage2.optim.lr", o.lr)
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError("stage2.optim.betas", f"{list(o.betas)} is not two values in [0, 1)", "write e.g. stage2.optim.betas=[0.9,0.95]")
+    if cfg.stage == "stage2" and not cfg.rqvae.shared_codebook:
+        raise ConfigError("rqvae.shared_codebook", "the RQ-Transformer embeds codes with one shared codebook (Eq. 10)",
+                          "train stage 2 on an RQ-VAE with rqvae.shared_codebook=true")
+    if m.cond_dropout > 0 and m.condition == "none":
+        raise ConfigError("stage2.model.cond_dropout", "an unconditional model has no condition to drop",
+                          "set stage2.model.cond_dropout=0 or choose condition class/text")
+
+
 def _check_lpips_weights(cfg: Config) -> None:
     loss = cfg.stage1.loss
-    if loss.lpips_weight == 0 or loss.lpips_random_backbone:
+    if cfg.stage != "stage1" or loss.lpips_weight == 0 or loss.lpips_random_backbone:
         return
     path = loss.lpips_backbone or default_lpips_backbone()
     if not os.path.isfile(path):
@@ -125,5 +160,11 @@ def _check_lpips_weights(cfg: Config) -> None:
 def _check_files(cfg: Config) -> None:
     if cfg.run.init_from and not cfg.run.init_from.startswith("s3://") and not os.path.isfile(cfg.run.init_from):
         raise ConfigError("run.init_from", f"weights file '{cfg.run.init_from}' does not exist", "point run.init_from at a trained RQ-VAE state dict (rqvae.pt)")
+    ckpt = cfg.stage2.rqvae_checkpoint
+    if cfg.stage == "stage2":
+        if not ckpt:
+            raise ConfigError("stage2.rqvae_checkpoint", "stage 2 needs a trained RQ-VAE", "set stage2.rqvae_checkpoint=PATH/rqvae.pt (written by a stage-1 run)")
+        if not ckpt.startswith("s3://") and not os.path.isfile(ckpt):
+            raise ConfigError("stage2.rqvae_checkpoint", f"weights file '{ckpt}' does not exist", "train stage 1 first or point stage2.rqvae_checkpoint at its rqvae.pt")
     if cfg.data.kind == "webdataset" and not cfg.data.shards:
         raise ConfigError("data.shards", "data.kind=webdataset needs a shard spec", "set data.shards, e.g. s3://bucket/imagenet/train-{000000..001281}.tar")

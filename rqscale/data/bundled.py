@@ -62,10 +62,11 @@ def bundled_dataset(name: str, resolution: int, num_samples: int, seed: int = 0)
     raise ValueError(f"unknown bundled set '{name}' (choose photos or digits)")
 
 
-def batches(images: torch.Tensor, batch_size: int, seed: int, start_step: int = 0):
-    """Endless shuffled micro-batches with random horizontal flips, deterministic given the seed.
+def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, seed: int, start_step: int = 0, flip: bool = True):
+    """Endless shuffled (images, labels) micro-batches, deterministic given the seed.
 
-    Each epoch is a fresh permutation from `seed + epoch`; `start_step` skips ahead exactly.
+    Each epoch is a fresh permutation from `seed + epoch`; `start_step` skips ahead exactly. Random
+    horizontal flips are applied unless `flip=False` (digits must not be mirrored).
     """
     n = images.shape[0]
     per_epoch = n // batch_size
@@ -76,9 +77,8 @@ def batches(images: torch.Tensor, batch_size: int, seed: int, start_step: int = 
         epoch, offset = divmod(step, per_epoch)
         gen = torch.Generator().manual_seed(seed + epoch)
         order = torch.randperm(n, generator=gen)
-        flips = torch.rand(n, generator=gen) < 0.5
+        flips = (torch.rand(n, generator=gen) < 0.5) & flip
         idx = order[offset * batch_size : (offset + 1) * batch_size]
-        batch = images[idx]
-        batch = torch.where(flips[idx].view(-1, 1, 1, 1), batch.flip(-1), batch)
-        yield batch
+        batch = torch.where(flips[idx].view(-1, 1, 1, 1), images[idx].flip(-1), images[idx])
+        yield batch, labels[idx]
         step += 1

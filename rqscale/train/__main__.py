@@ -18,6 +18,17 @@ def parse_args(argv):
     return parser.parse_args(argv)
 
 
+def describe(summary: dict) -> list:
+    """The few lines a person wants at the end of a run."""
+    if summary["stage"] == "stage1":
+        return [f"eval MSE {summary['eval_mse_before']:.4f} -> {summary['eval_mse_after']:.4f} ({summary['mse_reduction']:.1f}x); "
+                f"MSE by depth {[round(m, 4) for m in summary['mse_by_depth']]}; codebook usage {summary['codebook_usage']:.3f}",
+                f"reconstructions written to {summary['picture']}"]
+    return [f"loss {summary['loss_first_step']:.3f} -> {summary['loss_last_step']:.3f}; by depth "
+            f"{[round(x, 3) for x in summary['loss_by_depth_last_step']]}",
+            f"checkpoint written to {summary['checkpoint']}", f"samples written to {summary['picture']}"]
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
@@ -34,10 +45,8 @@ def main(argv=None) -> int:
         return 2
     print(f"rqscale: training {cfg.stage} '{cfg.run.name}' -> {run_dir_of(cfg)}", flush=True)
     summary = run(cfg, log=lambda line: print(line, flush=True))
-    print(f"rqscale: eval MSE {summary['eval_mse_before']:.4f} -> {summary['eval_mse_after']:.4f} "
-          f"({summary['mse_reduction']:.1f}x); MSE by depth {[round(m, 4) for m in summary['mse_by_depth']]}; "
-          f"codebook usage {summary['codebook_usage']:.3f}")
-    print(f"rqscale: reconstructions written to {summary['picture']}")
+    for line in describe(summary):
+        print(f"rqscale: {line}")
     return 0
 
 

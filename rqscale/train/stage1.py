@@ -1,17 +1,23 @@
-"""One stage-1 optimisation step: generator (RQ-VAE) update, then discriminator update.
+"""Stage 1: one optimisation step (generator, then discriminator) and the run around it.
 
 No Ray and no argparse here, so the step is testable on its own. The codebook is not a parameter:
 it moves only through the quantizer's EMA inside the forward pass.
 """
 from __future__ import annotations
 
+import os
 from typing import Sequence
 
 import torch
 
-from rqscale.config.schema import Config
+from rqscale.config import Config, ConfigError
+from rqscale.data import batches, bundled_dataset
+from rqscale.eval import coarse_to_fine
 from rqscale.tasks import Stage1Task
+from rqscale.train.loop import train_steps
+from rqscale.train.metrics import accumulate
 from rqscale.train.optim import build_optimizer, build_scheduler
+from rqscale.utils.images import save_grid
 
 
 class Stage1Trainer:
@@ -35,8 +41,8 @@ class Stage1Trainer:
             (losses["total"] / n).backward()
             recons.append(losses.pop("reconstruction"))
             codes = losses.pop("codes")
-            _accumulate(metrics, losses, n, prefix="g/")
-            _accumulate(metrics, {"batch_code_usage": codes.unique().numel() / self.task.rqvae.cfg.num_codes}, n)
+            accumulate(metrics, losses, n, prefix="g/")
+            accumulate(metrics, {"batch_code_usage": codes.unique().numel() / self.task.rqvae.cfg.num_codes}, n)
         self._clip_and_step(self.opt_g, self.sched_g, self.task.generator_parameters())
         if self.task.disc_active(step):
             self._discriminator_step(micro_batches, recons, metrics)
@@ -49,7 +55,7 @@ class Stage1Trainer:
         for images, recon in zip(micro_batches, recons):
             d_losses = self.task.discriminator_losses(images, recon)
             (d_losses["total"] / n).backward()
-            _accumulate(metrics, d_losses, n, prefix="d/")
+            accumulate(metrics, d_losses, n, prefix="d/")
         self._clip_and_step(self.opt_d, self.sched_d, self.task.discriminator_parameters())
 
     def _clip_and_step(self, optimizer, scheduler, params) -> None:
@@ -59,7 +65,63 @@ class Stage1Trainer:
         scheduler.step()
 
 
-def _accumulate(metrics: dict, values: dict, n: int, prefix: str = "") -> None:
-    for key, value in values.items():
-        value = float(value.detach()) if torch.is_tensor(value) else float(value)
-        metrics[prefix + key] = metrics.get(prefix + key, 0.0) + value / n
+
+# ---- the stage-1 run: data, training, evaluation, pictures -------------------------------------
+
+EVAL_SEED_OFFSET = 10_000  # held-out crops come from another seed than the training crops
+
+
+def bundled_split(cfg: Config):
+    """(train images, train labels, held-out images) from the bundled real data."""
+    res, data = cfg.rqvae.resolution, cfg.data
+    images, labels = bundled_dataset(data.bundled_set, res, data.num_samples, seed=cfg.run.seed)
+    if data.bundled_set == "photos":
+        held_out, _ = bundled_dataset("photos", res, 256, seed=cfg.run.seed + EVAL_SEED_OFFSET)
+        return images, labels, held_out
+    return images[256:], labels[256:], images[:256]  # digits: the first 256 are held out
+
+
+def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(key, f"'{path}' does not match this RQ-VAE (missing {missing[:3]}, unexpected {unexpected[:3]})",
+                          "use a checkpoint trained with the same rqvae.* settings")
+
+
+def run_stage1(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
+    images, labels, held_out = bundled_split(cfg)
+    task = Stage1Task(cfg)
+    if cfg.run.init_from:
+        load_init_weights(task.rqvae, cfg.run.init_from, "run.init_from")
+    task = task.to(device)
+    trainer = Stage1Trainer(task, cfg)
+    held_out = held_out.to(device)
+    before = coarse_to_fine(task.rqvae, held_out)
+    stream = (x.to(device) for x, _ in batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=cfg.data.bundled_set == "photos"))
+    history = train_steps(cfg, trainer.step, stream, out_dir, log, ("g/recon", "g/commit", "g/lpips", "batch_code_usage"))
+    after = coarse_to_fine(task.rqvae, held_out)
+    picture = _reconstruction_picture(task.rqvae, held_out[:8], os.path.join(out_dir, "reconstructions.png"))
+    torch.save(task.rqvae.state_dict(), os.path.join(out_dir, "rqvae.pt"))
+    return {
+        "stage": "stage1",
+        "steps": cfg.train.max_steps,
+        "eval_mse_before": before["mse_depth"][-1],
+        "eval_mse_after": after["mse_depth"][-1],
+        "mse_reduction": before["mse_depth"][-1] / max(after["mse_depth"][-1], 1e-12),
+        "mse_by_depth": after["mse_depth"],
+        "codebook_usage": after["codebook_usage"],
+        "train_recon_first_step": history[0]["g/recon"],
+        "train_recon_last_step": history[-1]["g/recon"],
+        "picture": picture,
+    }
+
+
+@torch.no_grad()
+def _reconstruction_picture(model, images: torch.Tensor, path: str) -> str:
+    """Originals, then G(Z^(d)) for d = 1..D: the coarse-to-fine rows of Fig. 5."""
+    model.eval()
+    codes = model.encode(images)
+    rows = [images] + [model.decode_codes(codes, depth=d) for d in range(1, model.cfg.code_shape[2] + 1)]
+    model.train()
+    return save_grid(rows, path, scale=max(1, 128 // images.shape[-1]))

@@ -1,4 +1,4 @@
-"""The debug RQ-VAE trained through the real loop on real bundled photos."""
+"""The debug RQ-VAE trained through the real loop on real bundled images."""
 import json
 import os
 import subprocess

@@ -1,0 +1,42 @@
+"""Consolidated stage-2 checkpoint: everything `python -m rqscale.sample` needs in one file.
+
+Layout (torch.save of a dict):
+  format         "rqscale-stage2/1"
+  config         the resolved config as YAML text
+  rqvae          RQ-VAE state dict (encoder, decoder, 1x1 convs, codebook buffers)
+  rqtransformer  RQ-Transformer state dict
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from rqscale.config import Config, from_yaml_text, to_yaml
+from rqscale.models import RQVAE, RQTransformer
+
+FORMAT = "rqscale-stage2/1"
+
+
+def save_consolidated(path: str, cfg: Config, rqvae: RQVAE, model: RQTransformer) -> str:
+    state = {"format": FORMAT, "config": to_yaml(cfg), "rqvae": rqvae.state_dict(), "rqtransformer": model.state_dict()}
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
+    return path
+
+
+def load_consolidated(path: str, device: str = "cpu"):
+    """-> (cfg, rqvae, model), both in eval mode. A missing or foreign file is a clear error."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: '{path}' (expected the rqtransformer.pt a stage-2 run writes)")
+    state = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"'{path}' is not an rqscale stage-2 checkpoint (format {FORMAT})")
+    cfg = from_yaml_text(state["config"])
+    rqvae = RQVAE(cfg.rqvae)
+    rqvae.load_state_dict(state["rqvae"])
+    r = cfg.rqvae
+    model = RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
+    model.load_state_dict(state["rqtransformer"])
+    return cfg, rqvae.to(device).eval(), model.to(device).eval()

@@ -1,0 +1,91 @@
+"""Stage 2 as a task: frozen RQ-VAE -> soft labels and stochastic codes -> RQ-Transformer -> losses.
+
+Targets (Sec. 3.2.3, Eq. 15): with residuals r_{t,d-1} of the latent Z_t,
+  soft labels   Q_tau(. | r_{t,d-1})          instead of one-hot Q_0
+  stochastic    S_td ~ Q_tau(. | r_{t,d-1})   instead of the greedy code, r_d subtracting e(S_td)
+Loss (Eq. 14 with soft targets): cross-entropy averaged over all B*T*D positions; per-depth
+losses are reported. Text conditioning adds the caption's next-token loss: 0.1 text + 0.9 image (ref).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rqscale.config.schema import Config
+from rqscale.models import RQVAE, RQTransformer
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-sum_k q_k log p_k per position: logits (..., K), targets (..., K) summing to 1."""
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+
+
+class Stage2Task(nn.Module):
+    def __init__(self, cfg: Config, rqvae: RQVAE):
+        super().__init__()
+        self.cfg = cfg
+        self.loss_cfg = cfg.stage2.loss
+        self.rqvae = rqvae.eval().requires_grad_(False)  # frozen stage 1
+        r = cfg.rqvae
+        self.model = RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
+        with torch.no_grad():
+            self.model.codebook.copy_(rqvae.quantizer.codebook)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.rqvae.eval()  # the RQ-VAE never trains here, and its codebook EMA must not move
+        return self
+
+    @torch.no_grad()
+    def latents(self, batch: dict) -> torch.Tensor:
+        """(B, H, W, n_z) encoder features: given (pre-extracted shards) or computed from images."""
+        if "latents" in batch:
+            return batch["latents"].float()
+        return self.rqvae.latents(batch["images"]).float()
+
+    @torch.no_grad()
+    def targets(self, latents: torch.Tensor, generator: Optional[torch.Generator] = None):
+        """(soft labels (B,T,D,K) or None for one-hot, codes (B,T,D)) per the loss config."""
+        cfg, q = self.loss_cfg, self.rqvae.quantizer
+        b = latents.shape[0]
+        flat = latents.reshape(b, -1, latents.shape[-1])
+        if not cfg.soft_labels and not cfg.stochastic_codes:
+            return None, q.encode(flat)
+        probs, codes = q.soft_codes(flat, cfg.temperature, stochastic=cfg.stochastic_codes, generator=generator)
+        return (probs if cfg.soft_labels else None), codes
+
+    def condition(self, batch: dict) -> Optional[torch.Tensor]:
+        """The batch's condition, replaced by the null condition with prob. cond_dropout (for CFG)."""
+        m = self.cfg.stage2.model
+        if m.condition == "none":
+            return None
+        cond = batch["cond"]
+        if self.training and m.cond_dropout > 0:
+            drop = torch.rand(cond.shape[0], device=cond.device) < m.cond_dropout
+            null = self.model.null_class if m.condition == "class" else 0  # empty caption = all padding
+            cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), torch.full_like(cond, null), cond)
+        return cond
+
+    def losses(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
+        probs, codes = self.targets(self.latents(batch), generator)
+        out = self.model(codes, self.condition(batch))
+        if probs is None:
+            per_position = F.cross_entropy(out.logits.float().flatten(0, 2), codes.flatten(), reduction="none").view(codes.shape)
+        else:
+            per_position = soft_cross_entropy(out.logits, probs)
+        image = per_position.mean()
+        losses = {"image": image}
+        losses.update({f"depth{d + 1}": v.detach() for d, v in enumerate(per_position.mean(dim=(0, 1)))})
+        total = image
+        if out.text_logits is not None:
+            text = F.cross_entropy(out.text_logits.float().flatten(0, 1), batch["cond"][:, 1:].flatten())
+            total = self.loss_cfg.image_weight * image + self.loss_cfg.text_weight * text
+            losses["text"] = text.detach()
+        losses["total"] = total
+        return losses
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]

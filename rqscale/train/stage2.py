@@ -1,0 +1,106 @@
+"""Stage 2: one optimisation step (AdamW on the RQ-Transformer, the RQ-VAE frozen; A.3) and the run."""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from rqscale.config import Config, ConfigError
+from rqscale.data import batches
+from rqscale.models import RQVAE
+from rqscale.sampling import SamplingParams, sample_codes
+from rqscale.sampling.checkpoint import save_consolidated
+from rqscale.tasks import Stage2Task
+from rqscale.train.loop import train_steps
+from rqscale.train.metrics import accumulate
+from rqscale.train.optim import build_optimizer, build_scheduler
+from rqscale.train.stage1 import bundled_split, load_init_weights
+from rqscale.utils.images import save_grid
+
+
+def decay_groups(model: nn.Module, weight_decay: float) -> list:
+    """Weight decay on Linear weights only; biases, LayerNorms, embeddings and position tables
+    are not decayed (the minGPT convention the ref's transformer follows)."""
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+
+
+class Stage2Trainer:
+    def __init__(self, task: Stage2Task, cfg: Config):
+        self.task, self.optim_cfg = task, cfg.stage2.optim
+        self.optimizer = build_optimizer(decay_groups(task.model, self.optim_cfg.weight_decay), self.optim_cfg)
+        self.scheduler = build_scheduler(self.optimizer, self.optim_cfg, cfg.train.max_steps)
+
+    def step(self, micro_batches: Sequence[dict], step: int) -> dict:
+        self.task.train()
+        n = len(micro_batches)
+        metrics: dict = {}
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch in micro_batches:
+            losses = self.task.losses(batch)
+            (losses["total"] / n).backward()
+            accumulate(metrics, losses, n)
+        if self.optim_cfg.grad_clip > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.task.trainable_parameters(), self.optim_cfg.grad_clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+
+# ---- the stage-2 run: frozen RQ-VAE, training, a consolidated checkpoint, samples --------------
+
+def load_rqvae(cfg: Config) -> RQVAE:
+    model = RQVAE(cfg.rqvae)
+    load_init_weights(model, cfg.stage2.rqvae_checkpoint, "stage2.rqvae_checkpoint")
+    return model
+
+
+def _class_labels(cfg: Config, labels: torch.Tensor) -> None:
+    m = cfg.stage2.model
+    if m.condition == "class" and int(labels.max()) >= m.num_classes:
+        raise ConfigError("stage2.model.num_classes", f"the data has label {int(labels.max())} but num_classes is {m.num_classes}",
+                          f"set stage2.model.num_classes={int(labels.max()) + 1}")
+
+
+def run_stage2(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
+    images, labels, _ = bundled_split(cfg)
+    _class_labels(cfg, labels)
+    task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
+    trainer = Stage2Trainer(task, cfg)
+    flip = cfg.data.bundled_set == "photos"
+    stream = ({"images": x.to(device), "cond": y.to(device)} for x, y in batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=flip))
+    depth = cfg.rqvae.code_shape[2]
+    history = train_steps(cfg, trainer.step, stream, out_dir, log, ("image", "depth1", f"depth{depth}", "lr"))
+    checkpoint = save_consolidated(os.path.join(out_dir, "rqtransformer.pt"), cfg, task.rqvae, task.model)
+    picture = sample_picture(task, os.path.join(out_dir, "samples.png"), seed=cfg.run.seed)
+    return {
+        "stage": "stage2",
+        "steps": cfg.train.max_steps,
+        "loss_first_step": history[0]["image"],
+        "loss_last_step": history[-1]["image"],
+        "loss_by_depth_last_step": [history[-1][f"depth{d + 1}"] for d in range(depth)],
+        "checkpoint": checkpoint,
+        "picture": picture,
+    }
+
+
+@torch.no_grad()
+def sample_picture(task: Stage2Task, path: str, seed: int, per_row: int = 8) -> str:
+    """One row of samples per class (up to 10 classes), or 4 rows for an unconditional model."""
+    model = task.model.eval()
+    device = next(model.parameters()).device
+    conditional = model.cfg.condition == "class"
+    rows = []
+    for row in range(min(10, model.cfg.num_classes) if conditional else 4):
+        cond = torch.full((per_row,), row, device=device) if conditional else None
+        codes = sample_codes(model, per_row, cond, SamplingParams(), torch.Generator(device=device).manual_seed(seed + row))
+        rows.append(task.rqvae.decode_codes(codes.view(per_row, *task.cfg.rqvae.code_shape)))
+    model.train()
+    return save_grid(rows, path, scale=max(1, 64 // rows[0].shape[-1]))

@@ -1,0 +1,68 @@
+"""Sampling controls: temperature, top-k, top-p per depth; argument checks; rejection selection."""
+import pytest
+import torch
+
+from rqscale.sampling import SamplingParams, filter_logits
+from rqscale.sampling.rejection import candidates_needed, select
+
+
+def test_top_k_keeps_k_largest():
+    logits = torch.tensor([[0.1, 3.0, 2.0, -1.0, 5.0]])
+    kept = torch.isfinite(filter_logits(logits, 1.0, 2, None))
+    assert kept.tolist() == [[False, True, False, False, True]]
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = torch.isfinite(filter_logits(probs.log(), 1.0, None, 0.75))
+    assert kept.tolist() == [[True, True, False, False]]  # 0.5 < 0.75 <= 0.8
+    kept = torch.isfinite(filter_logits(probs.log(), 1.0, None, 0.5))
+    assert kept.tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(probs.log(), 1.0, None, 1.0)).all()
+
+
+def test_temperature_then_top_k_then_top_p():
+    logits = torch.randn(4, 50)
+    out = filter_logits(logits, 0.5, 10, 0.9)
+    scaled = logits / 0.5
+    assert torch.allclose(out[torch.isfinite(out)], scaled[torch.isfinite(out)])
+    assert (torch.isfinite(out).sum(-1) <= 10).all()
+
+
+def test_per_depth_settings_resolve():
+    p = SamplingParams(temperature=[1.0, 0.9, 0.8, 0.7], top_k=[64, 32, 16, 8], top_p=0.95).resolve(4, 128)
+    assert p.per_depth[2] == (0.8, 16, 0.95)
+    with pytest.raises(ValueError, match="D=4"):
+        SamplingParams(top_k=[1, 2]).resolve(4, 128)
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(top_p=0.0), "top_p"), (dict(top_p=1.5), "top_p"), (dict(top_k=-1), "top_k"),
+    (dict(top_k=1000), "top_k"), (dict(temperature=0.0), "temperature"), (dict(cfg_scale=-1.0), "cfg_scale"),
+])
+def test_bad_sampling_parameters_are_rejected(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        SamplingParams(**kwargs).resolve(4, 128)
+
+
+class Brightness(torch.nn.Module):
+    """Two classes: 'dark' (0) and 'bright' (1) by mean intensity."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3)) * 10
+        return torch.stack([-m, m], dim=1)
+
+
+def test_rejection_keeps_most_confident_candidates(tmp_path):
+    path = tmp_path / "clf.pt"
+    torch.jit.script(Brightness()).save(str(path))
+    from rqscale.sampling.rejection import load_classifier
+
+    clf = load_classifier(str(path))
+    images = torch.linspace(-1, 1, 8).view(8, 1, 1, 1).expand(8, 3, 4, 4)
+    labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
+    keep = select(images, labels, clf, {1: 2, 0: 2})
+    assert keep.tolist() == [2, 3, 4, 5]  # brightest of label 1 (idx 2, 3), darkest of label 0 (idx 4, 5)
+    assert candidates_needed(10, 0.25) == 40
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_classifier(str(tmp_path / "nope.pt"))
