@@ -49,6 +49,19 @@ def check_args(args) -> None:
         raise ValueError(f"--acceptance-rate must be in (0, 1], got {args.acceptance_rate}")
     if args.acceptance_rate < 1.0 and not args.classifier:
         raise ValueError("--acceptance-rate below 1 needs --classifier PATH")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+
+
+def check_model_args(args, cfg) -> None:
+    """Argument errors that depend on what the checkpoint's model can do."""
+    m = cfg.stage2.model
+    if args.classifier and m.condition != "class":
+        raise ValueError("--classifier (rejection sampling) needs a class-conditional model: it keeps the samples "
+                         "the classifier finds most likely to be their class")
+    if args.cfg_scale != 1.0 and m.cond_dropout == 0:
+        raise ValueError("--cfg-scale needs a model trained with stage2.model.cond_dropout > 0: this one never "
+                         "learned its null condition")
 
 
 def one_or_all(values: list):
@@ -130,6 +143,7 @@ def main(argv=None) -> int:
         from rqscale.sampling.rejection import candidates_needed
 
         cfg, rqvae, model = load_consolidated(args.checkpoint, args.device)
+        check_model_args(args, cfg)
         count = candidates_needed(args.num_samples, args.acceptance_rate) if args.classifier else args.num_samples
         images, labels = generate(args, cfg, rqvae, model, count)
         if args.classifier:

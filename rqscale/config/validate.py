@@ -62,29 +62,53 @@ def _positive(key: str, value, strict: bool = True) -> None:
 
 
 def _check_ranges(cfg: Config) -> None:
-    m, t, o = cfg.rqvae, cfg.train, cfg.stage1.optim
-    for key in ("resolution", "in_channels", "ch", "z_channels", "num_codes", "code_dim"):
-        _positive(f"rqvae.{key}", getattr(m, key))
+    _check_rqvae_ranges(cfg.rqvae)
     for key in ("global_batch", "micro_batch", "grad_accum", "num_workers", "max_steps", "log_every"):
-        _positive(f"train.{key}", getattr(t, key))
-    _positive("stage1.optim.lr", o.lr)
-    _positive("stage1.optim.warmup_steps", o.warmup_steps, strict=False)
-    _positive("stage1.loss.beta", cfg.stage1.loss.beta, strict=False)
-    _positive("stage1.loss.lpips_weight", cfg.stage1.loss.lpips_weight, strict=False)
-    _positive("stage1.loss.disc_weight", cfg.stage1.loss.disc_weight, strict=False)
-    _positive("stage1.loss.disc_layers", cfg.stage1.loss.disc_layers)
-    if not 0.0 < m.ema_decay < 1.0:
-        raise ConfigError("rqvae.ema_decay", f"{m.ema_decay} is outside (0, 1)", "use a decay in (0, 1); the paper uses 0.99")
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise ConfigError("stage1.optim.betas", f"{list(o.betas)} is not two values in [0, 1)", "write e.g. stage1.optim.betas=[0.5,0.9]")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError("rqvae.dropout", f"{m.dropout} is outside [0, 1)", "use a dropout probability in [0, 1)")
+        _positive(f"train.{key}", getattr(cfg.train, key))
+    _positive("data.num_samples", cfg.data.num_samples)
+    _positive("data.loader_workers", cfg.data.loader_workers, strict=False)
+    _check_stage1_ranges(cfg)
+
+
+def _check_rqvae_ranges(m) -> None:
+    for key in ("resolution", "in_channels", "ch", "z_channels", "num_codes", "code_dim", "encoder_res_blocks", "decoder_res_blocks"):
+        _positive(f"rqvae.{key}", getattr(m, key))
+    if not m.ch_mult or any(k < 1 for k in m.ch_mult):
+        raise ConfigError("rqvae.ch_mult", f"{list(m.ch_mult)} needs positive multipliers", "write e.g. rqvae.ch_mult=[1,1,2,2,4,4]")
     if m.ch % 32 or any((m.ch * k) % 32 for k in m.ch_mult):
         raise ConfigError("rqvae.ch", f"channels {m.ch} x {list(m.ch_mult)} are not all multiples of 32", "GroupNorm(32) needs multiples of 32: pick ch a multiple of 32")
+    if not 0.0 < m.ema_decay < 1.0:
+        raise ConfigError("rqvae.ema_decay", f"{m.ema_decay} is outside (0, 1)", "use a decay in (0, 1); the paper uses 0.99")
+    _fraction("rqvae.dropout", m.dropout)
+
+
+def _check_stage1_ranges(cfg: Config) -> None:
+    loss, o = cfg.stage1.loss, cfg.stage1.optim
+    _check_optim("stage1.optim", o)
+    if o.disc_lr is not None:
+        _positive("stage1.optim.disc_lr", o.disc_lr)
+    for key in ("beta", "lpips_weight", "disc_weight", "disc_start"):
+        _positive(f"stage1.loss.{key}", getattr(loss, key), strict=False)
+    _positive("stage1.loss.disc_layers", loss.disc_layers)
+    _positive("stage1.loss.disc_ndf", loss.disc_ndf)
+
+
+def _check_optim(prefix: str, o) -> None:
+    _positive(f"{prefix}.lr", o.lr)
+    _positive(f"{prefix}.eps", o.eps)
+    for key in ("warmup_steps", "weight_decay", "grad_clip"):
+        _positive(f"{prefix}.{key}", getattr(o, key), strict=False)
+    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
+        raise ConfigError(f"{prefix}.betas", f"{list(o.betas)} is not two values in [0, 1)", f"write e.g. {prefix}.betas=[0.9,0.95]")
 
 
 def _check_batch(cfg: Config) -> None:
     t = cfg.train
+    if cfg.stage == "stage1" and t.grad_accum != 1:
+        # The codebook EMA steps once per forward pass: with accumulation it would decay k times per
+        # optimizer step and restart codes from single micro-batches, unlike the ref's one update per batch.
+        raise ConfigError("train.grad_accum", f"{t.grad_accum} is not supported for stage 1 (its codebook EMA updates once per micro-batch)",
+                          "set train.grad_accum=1 and raise train.micro_batch or train.num_workers instead")
     product = t.micro_batch * t.grad_accum * t.num_workers
     if product != t.global_batch:
         raise ConfigError(
@@ -132,9 +156,7 @@ def _check_stage2(cfg: Config) -> None:
     _positive("stage2.loss.temperature", loss.temperature, strict=False)
     _positive("stage2.loss.text_weight", loss.text_weight, strict=False)
     _positive("stage2.loss.image_weight", loss.image_weight)
-    _positive("stage2.optim.lr", o.lr)
-    if len(o.betas) != 2 or not all(0.0 <= b < 1.0 for b in o.betas):
-        raise ConfigError("stage2.optim.betas", f"{list(o.betas)} is not two values in [0, 1)", "write e.g. stage2.optim.betas=[0.9,0.95]")
+    _check_optim("stage2.optim", o)
     if cfg.stage == "stage2" and not cfg.rqvae.shared_codebook:
         raise ConfigError("rqvae.shared_codebook", "the RQ-Transformer embeds codes with one shared codebook (Eq. 10)",
                           "train stage 2 on an RQ-VAE with rqvae.shared_codebook=true")

@@ -1,10 +1,10 @@
 """RQ-Transformer (Sec. 3.2.2, Eqs. 8-14): a causal spatial transformer over T positions and a causal
 depth transformer over the D codes of each position. Architecture only.
 
-Inputs reuse the frozen RQ-VAE codebook e(k) (a buffer, never trained), through one Linear:
-  u_1 = start / class embedding + PE_T(1);   u_t = Linear(sum_d e(S_{t-1,d})) + PE_T(t)      (Eq. 10)
+Inputs reuse the frozen RQ-VAE codebook e(k) (a buffer, never trained), through a Linear per stack:
+  u_1 = start / class embedding + PE_T(1);   u_t = Lin_s(sum_d e(S_{t-1,d})) + PE_T(t)       (Eq. 10)
   h_t = SpatialTransformer(u_1..u_t)                                                         (Eq. 11)
-  v_t1 = h_t + PE_D(1);   v_td = Linear(sum_{d'<d} e(S_td')) + PE_D(d)                       (Eq. 12)
+  v_t1 = h_t + PE_D(1);   v_td = Lin_d(sum_{d'<d} e(S_td')) + PE_D(d)                        (Eq. 12)
   p_td = softmax(Head(DepthTransformer(v_t1..v_td)))                                          (Eq. 13)
 Text conditioning (CC-3M, A.2): L caption tokens are prepended; the last one predicts position 1,
 so the spatial sequence has L + T - 1 = 95 tokens, and a text head predicts the next caption token.
@@ -39,14 +39,16 @@ class RQTransformer(nn.Module):
         self.positions, self.num_codes = h * w, num_codes
         ne = cfg.embed_dim
         self.register_buffer("codebook", torch.zeros(num_codes, code_dim))  # e(k), frozen RQ-VAE codebook
-        self.code_proj = nn.Linear(code_dim, ne)  # shared by the spatial and depth inputs
+        self.spatial_proj = nn.Linear(code_dim, ne)  # ref: separate input Linears for the spatial
+        self.depth_proj = nn.Linear(code_dim, ne)  # and the depth transformer
         self.pos_spatial = nn.Parameter(torch.zeros(self.positions, ne))  # PE_T
         self.pos_depth = nn.Parameter(torch.zeros(self.depth_codes, ne))  # PE_D
         self._build_condition(cfg, ne)
         self.drop = nn.Dropout(cfg.embd_dropout)
         stack = dict(dim=ne, heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, attn_dropout=cfg.attn_dropout, resid_dropout=cfg.resid_dropout)
-        self.spatial = CausalTransformer(layers=cfg.spatial_layers, **stack)
-        self.depth = CausalTransformer(layers=cfg.depth_layers, final_norm=False, **stack)  # head has the LN
+        # No closing LayerNorm on either stack (ref): h_t enters Eq. 12 as is; the head has its own LN.
+        self.spatial = CausalTransformer(layers=cfg.spatial_layers, final_norm=False, **stack)
+        self.depth = CausalTransformer(layers=cfg.depth_layers, final_norm=False, **stack)
         self.head = _head(ne, num_codes)  # one LN + Linear shared across depths
         self.set_checkpointing(cfg.activation_checkpointing)
         self.apply(_init_weights)
@@ -84,14 +86,14 @@ class RQTransformer(nn.Module):
         """Linear(sum_d e(S_t,d)) + PE_T(t + 1) for codes (B, n, D) at positions first..first+n-1."""
         n = codes.shape[1]
         summed = self.codebook[codes].sum(dim=-2)
-        return self.code_proj(summed) + self.pos_spatial[first_position + 1 : first_position + 1 + n]
+        return self.spatial_proj(summed) + self.pos_spatial[first_position + 1 : first_position + 1 + n]
 
     def depth_tokens(self, context: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """[h + PE_D(1), Linear(e_1) + PE_D(2), Linear(e_1 + e_2) + PE_D(3), ...] for codes (N, d)."""
         tokens = [context.unsqueeze(1)]
         if codes.shape[1] > 0:
             cumulative = self.codebook[codes].cumsum(dim=1)  # partial sums z^(d), Eq. 12
-            tokens.append(self.code_proj(cumulative))
+            tokens.append(self.depth_proj(cumulative))
         x = torch.cat(tokens, dim=1)
         return x + self.pos_depth[: x.shape[1]]
 
@@ -106,7 +108,7 @@ class RQTransformer(nn.Module):
         lc = prefix.shape[1]
         context = hidden[:, lc - 1 :]  # h_1..h_T
         depth_in = self.depth_tokens(context.reshape(b * self.positions, -1), codes[..., :-1].reshape(b * self.positions, -1))
-        out = self.depth(self.drop(depth_in))
+        out = self.depth(depth_in)  # ref: embedding dropout on the spatial sequence only
         logits = self.head(out).view(b, self.positions, self.depth_codes, self.num_codes)
         text_logits = self.text_head(hidden[:, : lc - 1]) if self.cfg.condition == "text" else None
         return RQTransformerOutput(logits, text_logits)
@@ -124,7 +126,7 @@ class RQTransformer(nn.Module):
         """Linear(sum of the codes so far) + PE_D(d+1), for codes (B, d), d >= 1: shape (B, 1, n_e)."""
         d = codes_so_far.shape[1]
         summed = self.codebook[codes_so_far].sum(dim=1)
-        return (self.code_proj(summed) + self.pos_depth[d]).unsqueeze(1)
+        return (self.depth_proj(summed) + self.pos_depth[d]).unsqueeze(1)
 
 
 def _init_weights(module: nn.Module) -> None:

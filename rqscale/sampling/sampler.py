@@ -27,7 +27,7 @@ def _with_null(model: RQTransformer, cond: Optional[torch.Tensor], guided: bool)
         return cond
     if model.cfg.condition == "none":
         raise ValueError("classifier-free guidance needs a conditional model")
-    null = model.null_class if model.cfg.condition == "class" else 0
+    null = model.null_class if model.cfg.condition == "class" else 0  # as Stage2Task.condition
     return torch.cat([cond, torch.full_like(cond, null)])
 
 

@@ -3,7 +3,7 @@
 Generator objective (Sec. 3.1.3, A.3, ref):
   L = MSE(X, X^) + beta * L_commit + w_lpips * LPIPS(X, X^) + lambda * w_disc * L_G(D(X^))
 with lambda VQGAN's adaptive weight on the decoder's last conv, active from `disc_start`.
-Discriminator objective: hinge loss on real vs detached reconstructions.
+Discriminator objective: w_disc * hinge loss on real vs detached reconstructions (ref scales it too).
 """
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ class Stage1Task(nn.Module):
             self.lpips = build_lpips(path, random_backbone=cfg.stage1.loss.lpips_random_backbone)
         self.d_loss_fn = D_LOSSES[cfg.stage1.loss.disc_loss]
         self.g_loss_fn = G_LOSSES[cfg.stage1.loss.gen_loss]
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.lpips is not None:
+            self.lpips.eval()  # a fixed metric: no dropout in its heads (ref keeps it in eval mode)
+        return self
 
     def disc_active(self, step: int) -> bool:
         return self.loss_cfg.disc_weight > 0 and step >= self.loss_cfg.disc_start
@@ -58,7 +64,7 @@ class Stage1Task(nn.Module):
         logits_real = self.discriminator(images.detach())
         logits_fake = self.discriminator(reconstructions.detach())
         loss = self.d_loss_fn(logits_real, logits_fake)
-        return {"total": loss, "logits_real": logits_real.mean().detach(), "logits_fake": logits_fake.mean().detach()}
+        return {"total": self.loss_cfg.disc_weight * loss, "loss": loss.detach(), "logits_real": logits_real.mean().detach(), "logits_fake": logits_fake.mean().detach()}
 
     def generator_parameters(self):
         return list(self.rqvae.parameters())

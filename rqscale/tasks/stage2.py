@@ -57,21 +57,25 @@ class Stage2Task(nn.Module):
         probs, codes = q.soft_codes(flat, cfg.temperature, stochastic=cfg.stochastic_codes, generator=generator)
         return (probs if cfg.soft_labels else None), codes
 
-    def condition(self, batch: dict) -> Optional[torch.Tensor]:
-        """The batch's condition, replaced by the null condition with prob. cond_dropout (for CFG)."""
+    def condition(self, batch: dict):
+        """(condition, dropped rows): with prob. cond_dropout a row gets the null condition (for CFG).
+
+        The null condition is the extra class row, or for text a caption of token 0 only."""
         m = self.cfg.stage2.model
         if m.condition == "none":
-            return None
+            return None, None
         cond = batch["cond"]
+        dropped = torch.zeros(cond.shape[0], dtype=torch.bool, device=cond.device)
         if self.training and m.cond_dropout > 0:
-            drop = torch.rand(cond.shape[0], device=cond.device) < m.cond_dropout
-            null = self.model.null_class if m.condition == "class" else 0  # empty caption = all padding
-            cond = torch.where(drop.view(-1, *[1] * (cond.dim() - 1)), torch.full_like(cond, null), cond)
-        return cond
+            dropped = torch.rand(cond.shape[0], device=cond.device) < m.cond_dropout
+            null = self.model.null_class if m.condition == "class" else 0
+            cond = torch.where(dropped.view(-1, *[1] * (cond.dim() - 1)), torch.full_like(cond, null), cond)
+        return cond, dropped
 
     def losses(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
         probs, codes = self.targets(self.latents(batch), generator)
-        out = self.model(codes, self.condition(batch))
+        cond, dropped = self.condition(batch)
+        out = self.model(codes, cond)
         if probs is None:
             per_position = F.cross_entropy(out.logits.float().flatten(0, 2), codes.flatten(), reduction="none").view(codes.shape)
         else:
@@ -81,11 +85,19 @@ class Stage2Task(nn.Module):
         losses.update({f"depth{d + 1}": v.detach() for d, v in enumerate(per_position.mean(dim=(0, 1)))})
         total = image
         if out.text_logits is not None:
-            text = F.cross_entropy(out.text_logits.float().flatten(0, 1), batch["cond"][:, 1:].flatten())
+            text = self._text_loss(out.text_logits, batch["cond"], dropped)
             total = self.loss_cfg.image_weight * image + self.loss_cfg.text_weight * text
             losses["text"] = text.detach()
         losses["total"] = total
         return losses
+
+    @staticmethod
+    def _text_loss(text_logits: torch.Tensor, caption: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
+        """Next-token loss on the captions actually fed in: rows given the null caption are excluded."""
+        kept = ~dropped
+        if not kept.any():
+            return text_logits.sum() * 0.0
+        return F.cross_entropy(text_logits[kept].float().flatten(0, 1), caption[kept][:, 1:].flatten())
 
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]

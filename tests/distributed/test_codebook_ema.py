@@ -37,7 +37,9 @@ def test_two_ranks_equal_single_process_on_union(tmp_path):
 
 
 def test_two_ranks_agree_with_dead_code_restarts(tmp_path):
+    # Ranks seed their local RNGs differently, so restarts agree only through rank 0's broadcast.
     states = run_ranks(tmp_path, restart=True)
     for key in states[0]:
         assert torch.equal(states[0][key], states[1][key]), key
-    assert torch.all(states[0]["codebooks.0.cluster_size_ema"] > 0)
+    initial = make_quantizer(True, LocalCollective()).state_dict()["codebooks.0.embed"]
+    assert not torch.allclose(states[0]["codebooks.0.embed"], initial)

@@ -53,6 +53,12 @@ def test_text_sampling_cli(text_checkpoint, tmp_path):
     assert np.load(tmp_path / "out" / "samples.npz")["images"].shape == (2, 32, 32, 3)
 
 
+def test_rejection_sampling_needs_class_labels(text_checkpoint, tmp_path):
+    (tmp_path / "clf.pt").write_bytes(b"")
+    proc = run_cli(tmp_path, text_checkpoint[0], "--text", "a seven", "--classifier", str(tmp_path / "clf.pt"))
+    assert proc.returncode == 2 and "class-conditional" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_text_too_long_is_a_clear_error(text_checkpoint, tmp_path):
     proc = run_cli(tmp_path, text_checkpoint[0], "--text", "the digit seven written by hand " * 3)
     assert proc.returncode == 2 and "more than the model's 8" in proc.stderr and "Traceback" not in proc.stderr

@@ -39,6 +39,13 @@ def test_yaml_and_overrides_layer_on_schema(tmp_path):
         ("rqvae.ema_decay=1.5", "rqvae.ema_decay", "(0, 1)"),
         ("stage1.optim.lr=-1", "stage1.optim.lr", "out of range"),
         ("stage1.optim.name=sgd", "stage1.optim.name", "adam"),
+        ("stage2.optim.warmup_steps=-1", "stage2.optim.warmup_steps", "out of range"),
+        ("stage1.optim.disc_lr=-1", "stage1.optim.disc_lr", "out of range"),
+        ("rqvae.ch_mult=[1,0,2]", "rqvae.ch_mult", "positive"),
+        ("rqvae.encoder_res_blocks=0", "rqvae.encoder_res_blocks", "out of range"),
+        ("train.grad_accum=2", "train.grad_accum", "codebook EMA"),
+        ("stage2.model.num_heads=5", "stage2.model.num_heads", "divisible"),
+        ("stage2.loss.temperature=-0.5", "stage2.loss.temperature", "out of range"),
     ],
 )
 def test_bad_values_name_the_key(override, key, words):
@@ -58,7 +65,7 @@ def test_missing_lpips_weights_names_the_file(tmp_path):
 CLI_CASES = {  # overrides, the key the message must name, more text it must hold
     "unknown key": (["rqvae.num_code=3"], "rqvae.num_code", "did you mean 'rqvae.num_codes'"),
     "wrong type": (["train.global_batch=many"], "train.global_batch", "many"),
-    "inconsistent batch": (["train.grad_accum=3"], "train.global_batch", "grad_accum 3"),
+    "inconsistent batch": (["train.micro_batch=8"], "train.global_batch", "micro_batch 8"),
     "missing lpips weights": (["stage1.loss.lpips_random_backbone=false", "stage1.loss.lpips_backbone=/no/such/vgg16.pth"],
                               "stage1.loss.lpips_backbone", "/no/such/vgg16.pth"),
 }

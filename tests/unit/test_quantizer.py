@@ -35,8 +35,11 @@ def test_codes_equal_brute_force(shared):
 
 
 def test_large_codebook_chunked_search_matches_cdist():
-    rq = ResidualQuantizer(4096, 16, 1, collective=LocalCollective())  # forces several row chunks
-    z = torch.randn(5000, 16)
+    from rqscale.quantizer.codebook import _DISTANCE_ELEMENTS_PER_CHUNK
+
+    rq = ResidualQuantizer(4096, 16, 1, collective=LocalCollective())
+    rows_per_chunk = _DISTANCE_ELEMENTS_PER_CHUNK // 4096
+    z = torch.randn(2 * rows_per_chunk + 123, 16)  # two full chunks and a ragged third
     expected = torch.cdist(z.double(), rq.codebook.double()).argmin(dim=1)
     assert torch.equal(rq.encode(z)[:, 0], expected)
 

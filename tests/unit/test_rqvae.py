@@ -55,10 +55,9 @@ def test_debug_shapes_and_round_trip():
     assert coarse.shape == x.shape and not torch.allclose(coarse, out.reconstruction)
 
 
-def test_gradients_reach_encoder_through_straight_through():
+def test_reconstruction_gradient_reaches_encoder_only_through_straight_through():
     torch.manual_seed(0)
     model = RQVAE(load(DEBUG).rqvae)
     out = model(torch.rand(2, 3, 32, 32) * 2 - 1)
-    (out.reconstruction.pow(2).mean() + out.commitment_loss).backward()
+    out.reconstruction.pow(2).mean().backward()  # no commitment term: the only path is straight-through
     assert model.encoder.conv_in.weight.grad.abs().sum() > 0
-    assert model.decoder.conv_out.weight.grad.abs().sum() > 0

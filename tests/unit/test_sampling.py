@@ -22,11 +22,13 @@ def test_top_p_keeps_smallest_set_reaching_p():
 
 
 def test_temperature_then_top_k_then_top_p():
-    logits = torch.randn(4, 50)
-    out = filter_logits(logits, 0.5, 10, 0.9)
-    scaled = logits / 0.5
-    assert torch.allclose(out[torch.isfinite(out)], scaled[torch.isfinite(out)])
-    assert (torch.isfinite(out).sum(-1) <= 10).all()
+    logits = torch.tensor([[0.4, 0.3, 0.2, 0.1]]).log()
+    # top-k first renormalises to (0.57, 0.43), so top-p 0.5 keeps 1 code; top-p first would keep 2.
+    assert torch.isfinite(filter_logits(logits, 1.0, 2, 0.5)).sum() == 1
+    # temperature first: at T=4 the distribution flattens to ~(0.29, 0.27, 0.24, 0.21), top-p 0.5 keeps 2.
+    assert torch.isfinite(filter_logits(logits, 4.0, None, 0.5)).sum() == 2
+    out = filter_logits(logits, 0.5, 3, None)
+    assert torch.allclose(out[0, :3], logits[0, :3] / 0.5) and torch.isinf(out[0, 3])
 
 
 def test_per_depth_settings_resolve():

@@ -80,6 +80,16 @@ def test_text_conditioning_weights_text_and_image_losses():
 
 def test_cond_dropout_uses_null_class():
     task = make_task("stage2.model.cond_dropout=0.5").train()
-    cond = task.condition({"cond": torch.zeros(4000, dtype=torch.long)})
+    cond, dropped = task.condition({"cond": torch.zeros(4000, dtype=torch.long)})
     share = (cond == task.model.null_class).float().mean()
-    assert 0.45 < share < 0.55
+    assert 0.45 < share < 0.55 and torch.equal(dropped, cond == task.model.null_class)
+
+
+def test_text_loss_skips_rows_whose_caption_was_dropped():
+    task = make_task("stage2.model.condition=text", "stage2.model.text_vocab=50", "stage2.model.text_length=8")
+    logits = torch.randn(3, 7, 50)
+    caption = torch.randint(1, 50, (3, 8))
+    dropped = torch.tensor([False, True, False])
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]].flatten(0, 1), caption[[0, 2], 1:].flatten())
+    assert torch.allclose(task._text_loss(logits, caption, dropped), expected)
+    assert float(task._text_loss(logits, caption, torch.ones(3, dtype=torch.bool))) == 0.0
