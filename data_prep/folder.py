@@ -1,0 +1,67 @@
+"""`python -m data_prep.folder --root DIR --out DIR_OR_S3`: any image folder to shards.
+
+Labelled layout (default): ROOT/<class>/<image>, classes numbered 0.. in sorted order (`cls`).
+`--unlabelled`: every image under ROOT, recursively, without `cls` (LSUN exports, FFHQ).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from data_prep.images import IMAGE_EXTENSIONS, image_item, sample_key
+from data_prep.shards import write_shards
+
+
+def image_files(root: str) -> list:
+    found = []
+    for dirpath, _, files in os.walk(root):
+        found += [os.path.join(dirpath, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
+def labelled_files(root: str) -> tuple[list, list]:
+    """([(path, label)], class names) for ROOT/<class>/... ."""
+    classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not classes:
+        raise ValueError(f"no class folders under '{root}': use --unlabelled for a flat folder")
+    pairs = [(path, label) for label, name in enumerate(classes) for path in image_files(os.path.join(root, name))]
+    return pairs, classes
+
+
+def file_items(pairs: list, key_prefix: str = ""):
+    for path, label in pairs:
+        with open(path, "rb") as f:
+            data = f.read()
+        fields = {} if label is None else {"cls": label}
+        yield image_item(key_prefix + sample_key(os.path.relpath(path)), data, **fields)
+
+
+def check_root(root: str) -> None:
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder not found: '{root}'")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m data_prep.folder", description=__doc__)
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--out", required=True, help="local directory or s3://bucket/prefix")
+    parser.add_argument("--name", default="folder")
+    parser.add_argument("--unlabelled", action="store_true")
+    parser.add_argument("--max-samples", type=int, default=1000, help="samples per shard at most")
+    parser.add_argument("--max-bytes", type=int, default=1 << 30, help="bytes per shard at most")
+    args = parser.parse_args(argv)
+    try:
+        check_root(args.root)
+        pairs = [(p, None) for p in image_files(args.root)] if args.unlabelled else labelled_files(args.root)[0]
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"data_prep.folder: error: {exc}", file=sys.stderr)
+        return 2
+    m = write_shards(file_items(pairs), args.out, args.name, prefix=args.name, max_samples=args.max_samples,
+                     max_bytes=args.max_bytes, total=len(pairs))
+    print(f"{args.name}: {m.samples} samples in {len(m.shards)} shards, {len(m.skipped)} skipped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""data_prep converters on real images: local and S3 outputs, manifests, resume, bad input."""
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+import webdataset as wds
+
+from data_prep.shards import write_shards
+from rqscale.data.storage import filesystem, join, read_bytes
+from tests.conftest import REPO
+from tests.data.conftest import SYNSETS
+
+
+def run(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def manifest(out: str) -> dict:
+    return json.loads(read_bytes(join(out, "manifest.json")))
+
+
+def check_shards(out: str, m: dict) -> list:
+    """Every shard's bytes match the manifest's checksum; returns all samples read back."""
+    samples = []
+    for shard in m["shards"]:
+        data = read_bytes(join(out, shard["name"]))
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"] and len(data) == shard["bytes"]
+        url = join(out, shard["name"])
+        local = url if not url.startswith("s3://") else None
+        if local is None:
+            local = f"/tmp/{shard['sha256']}.tar"
+            open(local, "wb").write(data)
+        got = list(wds.WebDataset(local, shardshuffle=False))
+        assert len(got) == shard["samples"]
+        samples += got
+    return samples
+
+
+def test_imagenet_train_dir_local(imagenet_layout, tmp_path):
+    proc = run("data_prep.imagenet", "--train-dir", str(imagenet_layout / "train"), "--out", str(tmp_path), "--max-samples", "5")
+    assert proc.returncode == 0, proc.stderr
+    m = manifest(str(tmp_path))
+    assert m["samples"] == 12 and len(m["shards"]) == 3 and m["complete"] and m["skipped"] == []
+    samples = check_shards(str(tmp_path), m)
+    labels = {s["__key__"]: int(s["cls"]) for s in samples}
+    assert labels["n01440764_0"] == 0 and labels["n01484850_3"] == 2  # sorted synsets -> 0..
+
+
+def test_imagenet_tar_of_tars_to_s3_skips_bad_members(imagenet_layout, s3_bucket):
+    out = f"{s3_bucket}/imagenet/train"
+    proc = run("data_prep.imagenet", "--train-tar", str(imagenet_layout / "ILSVRC2012_img_train.tar"), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    m = manifest(out)
+    assert m["samples"] == 12
+    reasons = sorted(s["reason"] for s in m["skipped"])
+    assert len(reasons) == 2 and "undecodable image" in reasons[0] and "unsafe member name" in reasons[1]
+    assert {int(s["cls"]) for s in check_shards(out, m)} == {0, 1, 2}
+
+
+@pytest.mark.parametrize("labels", ["csv", "ground_truth"])
+def test_imagenet_val_labels(imagenet_layout, tmp_path, labels):
+    extra = ["--val-labels", str(imagenet_layout / "LOC_val_solution.csv")] if labels == "csv" else \
+        ["--val-labels", str(imagenet_layout / "ground_truth.txt"), "--id-synsets", str(imagenet_layout / "id_synsets.txt")]
+    proc = run("data_prep.imagenet", "--val-dir", str(imagenet_layout / "val"), "--out", str(tmp_path), *extra)
+    assert proc.returncode == 0, proc.stderr
+    samples = check_shards(str(tmp_path), manifest(str(tmp_path)))
+    assert [int(s["cls"]) for s in sorted(samples, key=lambda s: s["__key__"])] == [0, 1, 2, 0, 1, 2]
+
+
+def test_missing_label_file_and_bad_path_are_clear(imagenet_layout, tmp_path):
+    proc = run("data_prep.imagenet", "--val-dir", str(imagenet_layout / "val"), "--val-labels", str(tmp_path / "nope.csv"), "--out", str(tmp_path))
+    assert proc.returncode == 2 and "nope.csv" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run("data_prep.folder", "--root", str(tmp_path / "missing"), "--out", str(tmp_path / "o"))
+    assert proc.returncode == 2 and "missing" in proc.stderr
+
+
+def test_demo_set_to_s3(s3_bucket):
+    out = f"{s3_bucket}/demo"
+    proc = run("data_prep.demo", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    digits = manifest(join(out, "digits"))
+    assert digits["samples"] == 1797 and len(digits["shards"]) == 8
+    photos = check_shards(join(out, "photos"), manifest(join(out, "photos")))
+    assert len(photos) == 8 and all(s["txt"].startswith(b"a photo") for s in photos)
+
+
+class Crash(Exception):
+    pass
+
+
+def numbered_items(n: int, crash_at: int = -1):
+    for i in range(n):
+        if i == crash_at:
+            raise Crash()
+        yield {"__key__": f"s{i:04d}", "txt": f"sample {i}", "cls": i % 3} if i % 17 else None  # every 17th unreadable
+
+
+def test_resume_after_crash_gives_identical_shards(tmp_path):
+    clean = write_shards(numbered_items(100), str(tmp_path / "clean"), "t", max_samples=10)
+    with pytest.raises(Crash):
+        write_shards(numbered_items(100, crash_at=57), str(tmp_path / "resumed"), "t", max_samples=10)
+    partial = manifest(str(tmp_path / "resumed"))
+    assert not partial["complete"] and 0 < len(partial["shards"]) < len(clean.shards)
+    resumed = write_shards(numbered_items(100), str(tmp_path / "resumed"), "t", max_samples=10)
+    assert [s["sha256"] for s in resumed.shards] == [s["sha256"] for s in clean.shards]
+    assert resumed.skipped == clean.skipped and len(clean.skipped) == 6  # items 0, 17, ..., 85
+    assert filesystem(str(tmp_path)).ls(str(tmp_path / "resumed"), detail=False).__len__() == len(clean.shards) + 1
