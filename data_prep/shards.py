@@ -29,7 +29,7 @@ MANIFEST = "manifest.json"
 @dataclass
 class Manifest:
     dataset: str
-    shards: list = field(default_factory=list)  # {name, samples, bytes, sha256, first_item, items}
+    shards: list = field(default_factory=list)  # {name, samples, bytes, sha256, first_item, items, offsets}
     skipped: list = field(default_factory=list)  # {item, key, reason}
     items_done: int = 0
     complete: bool = False
@@ -56,11 +56,15 @@ def _encode(value) -> bytes:
     return str(value).encode()
 
 
-def tar_bytes(samples: list) -> bytes:
-    """A POSIX tar of `<key>.<field>` members with fixed metadata, so equal input gives equal bytes."""
+def tar_bytes(samples: list) -> tuple[bytes, list]:
+    """A POSIX tar of `<key>.<field>` members with fixed metadata, so equal input gives equal bytes,
+    and the byte offset where each sample starts (plus the end of the last): readers fetch a run of
+    samples with one ranged read."""
     buffer = io.BytesIO()
+    offsets = []
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for sample in samples:
+            offsets.append(buffer.tell())
             for name, value in sorted(sample.items()):
                 if name == "__key__":
                     continue
@@ -68,7 +72,8 @@ def tar_bytes(samples: list) -> bytes:
                 info = tarfile.TarInfo(f"{sample['__key__']}.{name}")
                 info.size, info.mtime, info.mode = len(data), 0, 0o644
                 tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+        offsets.append(buffer.tell())
+    return buffer.getvalue(), offsets
 
 
 class Progress:
@@ -119,10 +124,10 @@ def write_shards(items: Iterable[Optional[dict]], out: str, dataset: str, prefix
 def _flush(manifest: Manifest, out: str, prefix: str, samples: list, first: int, items_end: int, final: bool = False) -> None:
     if samples:
         name = f"{prefix}-{len(manifest.shards):06d}.tar"
-        data = tar_bytes(samples)
+        data, offsets = tar_bytes(samples)
         write_bytes_atomic(join(out, name), data)
-        manifest.shards.append({"name": name, "samples": len(samples), "bytes": len(data),
-                                "sha256": hashlib.sha256(data).hexdigest(), "first_item": first, "items": items_end - first})
+        manifest.shards.append({"name": name, "samples": len(samples), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                                "first_item": first, "items": items_end - first, "offsets": offsets})
     manifest.items_done = items_end
     manifest.complete = final
     write_bytes_atomic(join(out, MANIFEST), manifest.to_json().encode())

@@ -1,0 +1,197 @@
+"""Sharded readers with exactly-once, resumable, world-size-independent order.
+
+The epoch's order is one global sequence: the manifest's shards in a permutation drawn from
+(seed, epoch), each shard's samples in stored order. Global batch g is positions [g*B, (g+1)*B);
+rank r of W takes the contiguous slice [g*B + r*B/W, g*B + (r+1)*B/W), fetched with one ranged
+read per shard it touches (the manifest stores every sample's byte offset). Loader worker w of N
+takes the global batches g = w (mod N); PyTorch's in-order loader then yields g = 0, 1, 2, ...
+
+So the whole reader state is (epoch, next global batch, bad samples so far): resuming at g gives
+exactly the batches an uninterrupted run would, for any world size dividing B, and every sample of
+an epoch is delivered once (the last global batch may be short). Augmentation randomness is keyed
+by (seed, epoch, global position), so it resumes too. Unreadable samples are skipped and counted;
+past `max_bad_samples` the reader raises.
+"""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from rqscale.data.storage import filesystem, join, read_bytes
+from rqscale.data.transforms import decode_image
+
+
+class BadDataError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Shard:
+    url: str
+    samples: int
+    offsets: tuple  # byte offset of each sample's first tar header, then the end of the last
+
+
+def load_shards(manifest_url: str) -> list:
+    """Shards listed in a data_prep manifest (local path or s3:// URL)."""
+    data = json.loads(read_bytes(manifest_url))
+    base = manifest_url.rsplit("/", 1)[0]
+    return [Shard(join(base, s["name"]), s["samples"], tuple(s["offsets"])) for s in data["shards"]]
+
+
+class EpochOrder:
+    def __init__(self, shards: list, seed: int, epoch: int):
+        perm = np.random.default_rng([seed, epoch]).permutation(len(shards))
+        self.shards = [shards[i] for i in perm]
+        self.starts = np.concatenate([[0], np.cumsum([s.samples for s in self.shards])])
+        self.total = int(self.starts[-1])
+
+    def runs(self, start: int, end: int) -> list:
+        """[(shard, first, stop)] covering global positions [start, end) in order."""
+        out = []
+        i = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while start < end and i < len(self.shards):
+            first = start - int(self.starts[i])
+            stop = min(end - int(self.starts[i]), self.shards[i].samples)
+            out.append((self.shards[i], first, stop))
+            start = int(self.starts[i]) + stop
+            i += 1
+        return out
+
+
+def read_run(shard: Shard, first: int, stop: int, retries: int = 3) -> list:
+    """Raw samples {__key__, field: bytes} first..stop-1 of a shard, with one ranged read."""
+    lo, hi = shard.offsets[first], shard.offsets[stop]
+    for attempt in range(retries):
+        try:
+            with filesystem(shard.url).open(shard.url, "rb") as f:
+                f.seek(lo)
+                data = f.read(hi - lo)
+            break
+        except (OSError, TimeoutError):  # transient storage errors: back off and retry
+            if attempt == retries - 1:
+                raise
+            time.sleep(0.5 * 2**attempt)
+    return _parse_tar(data)
+
+
+def _parse_tar(data: bytes) -> list:
+    samples: dict = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+            for member in tar:
+                key, _, field = member.name.partition(".")
+                samples.setdefault(key, {"__key__": key})[field] = tar.extractfile(member).read()
+    except tarfile.TarError:
+        pass  # truncated shard: keep what parsed; the caller counts what is missing
+    return list(samples.values())
+
+
+def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator]) -> dict:
+    sample = {"image": decode_image(raw["jpg"], resolution, rng), "key": raw["__key__"]}
+    if "cls" in raw:
+        sample["cls"] = int(raw["cls"])
+    if "txt" in raw:
+        sample["txt"] = raw["txt"].decode()
+    return sample
+
+
+class ShardReader(IterableDataset):
+    """One rank's global batches of one epoch, from `start_batch` on: yields
+    {"batch": g, "samples": [decoded...], "bad": unreadable samples skipped}."""
+
+    def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, epoch: int,
+                 resolution: int, train: bool = True, start_batch: int = 0):
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks")
+        self.order = EpochOrder(shards, seed, epoch)
+        self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
+        self.seed, self.epoch, self.resolution, self.train = seed, epoch, resolution, train
+        self.start_batch = start_batch
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.order.total // self.global_batch)
+
+    def rank_slice(self, g: int) -> tuple:
+        per_rank = self.global_batch // self.world_size
+        start = g * self.global_batch + self.rank * per_rank
+        return min(start, self.order.total), min(start + per_rank, self.order.total)
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        for g in range(self.start_batch + worker, self.num_batches, workers):
+            yield self.load_batch(g)
+
+    def load_batch(self, g: int) -> dict:
+        start, end = self.rank_slice(g)
+        samples, bad, position = [], 0, start
+        for shard, first, stop in self.order.runs(start, end):
+            raws = read_run(shard, first, stop)
+            bad += (stop - first) - len(raws)
+            for raw in raws:
+                rng = np.random.default_rng([self.seed, self.epoch, position]) if self.train else None
+                position += 1
+                try:
+                    samples.append(decode_sample(raw, self.resolution, rng))
+                except Exception:  # corrupt image bytes: skip and count
+                    bad += 1
+        return {"batch": g, "samples": samples, "bad": bad}
+
+
+def collate(samples: list) -> dict:
+    batch = {"images": torch.stack([s["image"] for s in samples]) if samples else torch.empty(0), "keys": [s["key"] for s in samples]}
+    if samples and "cls" in samples[0]:
+        batch["cond"] = torch.tensor([s["cls"] for s in samples])
+    if samples and "txt" in samples[0]:
+        batch["txt"] = [s["txt"] for s in samples]
+    return batch
+
+
+class ResumableLoader:
+    """Iterates a rank's batches across epochs; state_dict() is exact at every yielded batch."""
+
+    def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, resolution: int,
+                 loader_workers: int = 0, max_bad_samples: int = 0, train: bool = True):
+        self.shards, self.global_batch, self.rank, self.world_size = shards, global_batch, rank, world_size
+        self.seed, self.resolution, self.loader_workers, self.train = seed, resolution, loader_workers, train
+        self.max_bad_samples = max_bad_samples
+        self.epoch, self.next_batch, self.bad_samples = 0, 0, 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "next_batch": self.next_batch, "bad_samples": self.bad_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.next_batch, self.bad_samples = state["epoch"], state["next_batch"], state["bad_samples"]
+
+    def _reader(self) -> ShardReader:
+        return ShardReader(self.shards, self.global_batch, self.rank, self.world_size, self.seed, self.epoch,
+                           self.resolution, self.train, start_batch=self.next_batch)
+
+    def epoch_batches(self):
+        """The rest of the current epoch, as collated batches; the state advances with each one."""
+        reader = self._reader()
+        if self.loader_workers > max(1, reader.num_batches - self.next_batch):
+            raise ValueError(f"data.loader_workers={self.loader_workers} exceeds the {reader.num_batches - self.next_batch} "
+                             "batches left in this epoch: lower data.loader_workers")
+        loader = DataLoader(reader, batch_size=None, num_workers=self.loader_workers, collate_fn=lambda x: x)
+        for item in loader:
+            self._count_bad(item["bad"])
+            self.next_batch = item["batch"] + 1
+            yield collate(item["samples"])
+        self.epoch, self.next_batch = self.epoch + 1, 0
+
+    def _count_bad(self, bad: int) -> None:
+        self.bad_samples += bad
+        if self.bad_samples > self.max_bad_samples:
+            raise BadDataError(f"{self.bad_samples} unreadable samples so far, over the budget data.max_bad_samples="
+                               f"{self.max_bad_samples}: check the shards (manifest checksums) or raise the budget")
