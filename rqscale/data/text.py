@@ -15,6 +15,8 @@ class CaptionTokenizer:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer file not found: '{path}' (set stage2.tokenizer to a tokenizer.json)")
         self.tokenizer = Tokenizer.from_file(path)
+        self.tokenizer.no_truncation()  # a caption that is too long must be an error here, not cut
+        self.tokenizer.no_padding()
         self.length = length
         pad = self.tokenizer.token_to_id(PAD_TOKEN)
         self.pad_id = 0 if pad is None else pad

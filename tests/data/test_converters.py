@@ -1,5 +1,6 @@
 """data_prep converters on real images: local and S3 outputs, manifests, resume, bad input."""
 import hashlib
+import os
 import json
 import subprocess
 import sys
@@ -107,3 +108,53 @@ def test_resume_after_crash_gives_identical_shards(tmp_path):
     assert [s["sha256"] for s in resumed.shards] == [s["sha256"] for s in clean.shards]
     assert resumed.skipped == clean.skipped and len(clean.skipped) == 6  # items 0, 17, ..., 85
     assert filesystem(str(tmp_path)).ls(str(tmp_path / "resumed"), detail=False).__len__() == len(clean.shards) + 1
+
+
+@pytest.fixture(scope="module")
+def cc3m_layout(tmp_path_factory):
+    """A caption TSV of 6 rows; 4 images downloaded (row 2 missing, row 5 corrupt); and the same
+    as img2dataset webdataset output."""
+    import io
+    import tarfile
+
+    from tests.data.conftest import real_jpegs
+
+    root = tmp_path_factory.mktemp("cc3m")
+    captions = [f"a photo of digit number {i}" for i in range(6)]
+    (root / "train.tsv").write_text("".join(f"{c}\thttp://example.invalid/{i}.jpg\n" for i, c in enumerate(captions)))
+    os.makedirs(root / "images" / "00000")
+    jpegs = real_jpegs(6, seed=3)
+    for i in (0, 1, 3, 4):
+        (root / "images" / "00000" / f"{i:09d}.jpg").write_bytes(jpegs[i])
+    (root / "images" / "00000" / f"{5:09d}.jpg").write_bytes(jpegs[5][:150])
+    os.makedirs(root / "wds")
+    with tarfile.open(root / "wds" / "00000.tar", "w") as tar:
+        for i in (0, 1, 3):
+            for ext, data in (("jpg", jpegs[i]), ("txt", captions[i].encode())):
+                info = tarfile.TarInfo(f"{i:09d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return root
+
+
+def test_cc3m_folder_with_tokens(cc3m_layout, tmp_path):
+    from data_prep.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([f"a photo of digit number {i}" for i in range(6)])
+    tok.save(str(tmp_path / "tok.json"))
+    proc = run("data_prep.cc3m", "--tsv", str(cc3m_layout / "train.tsv"), "--images", str(cc3m_layout / "images"),
+               "--tokenizer", str(tmp_path / "tok.json"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    m = manifest(str(tmp_path / "out"))
+    assert m["samples"] == 4 and sorted(s["reason"].split(" ")[0] for s in m["skipped"]) == ["missing", "undecodable"]
+    samples = check_shards(str(tmp_path / "out"), m)
+    first = sorted(samples, key=lambda s: s["__key__"])[0]
+    assert first["txt"] == b"a photo of digit number 0" and len(json.loads(first["json"])) == 32
+
+
+def test_cc3m_img2dataset_output(cc3m_layout, s3_bucket):
+    out = f"{s3_bucket}/cc3m"
+    proc = run("data_prep.cc3m", "--img2dataset", str(cc3m_layout / "wds"), "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    samples = check_shards(out, manifest(out))
+    assert sorted(s["txt"] for s in samples) == [b"a photo of digit number 0", b"a photo of digit number 1", b"a photo of digit number 3"]
