@@ -126,8 +126,9 @@ class DataConfig:
     kind: str = "bundled"  # bundled: real images shipped in scikit-learn / scikit-image; webdataset: shards
     bundled_set: str = "photos"  # photos | digits
     num_samples: int = 2048  # crops drawn from the bundled images
-    shards: str = ""  # webdataset shard spec (local or s3://)
+    shards: str = ""  # data_prep manifest.json of the shards (local path or s3://)
     loader_workers: int = 0
+    max_bad_samples: int = 100  # unreadable samples skipped before the run stops
 
 
 @dataclass

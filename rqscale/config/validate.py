@@ -188,5 +188,6 @@ def _check_files(cfg: Config) -> None:
             raise ConfigError("stage2.rqvae_checkpoint", "stage 2 needs a trained RQ-VAE", "set stage2.rqvae_checkpoint=PATH/rqvae.pt (written by a stage-1 run)")
         if not ckpt.startswith("s3://") and not os.path.isfile(ckpt):
             raise ConfigError("stage2.rqvae_checkpoint", f"weights file '{ckpt}' does not exist", "train stage 1 first or point stage2.rqvae_checkpoint at its rqvae.pt")
-    if cfg.data.kind == "webdataset" and not cfg.data.shards:
-        raise ConfigError("data.shards", "data.kind=webdataset needs a shard spec", "set data.shards, e.g. s3://bucket/imagenet/train-{000000..001281}.tar")
+    if cfg.data.kind == "webdataset" and not cfg.data.shards.endswith("manifest.json"):
+        raise ConfigError("data.shards", f"data.kind=webdataset needs the shards' manifest, got '{cfg.data.shards}'",
+                          "set data.shards to the manifest.json that data_prep wrote, e.g. s3://bucket/imagenet/train/manifest.json")

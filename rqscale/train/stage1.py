@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from rqscale.config import Config, ConfigError
-from rqscale.data import batches, bundled_dataset
+from rqscale.data.pipeline import eval_images, micro_batches
 from rqscale.eval import coarse_to_fine
 from rqscale.tasks import Stage1Task
 from rqscale.train.loop import train_steps
@@ -68,19 +68,6 @@ class Stage1Trainer:
 
 # ---- the stage-1 run: data, training, evaluation, pictures -------------------------------------
 
-EVAL_SEED_OFFSET = 10_000  # held-out crops come from another seed than the training crops
-
-
-def bundled_split(cfg: Config):
-    """(train images, train labels, held-out images) from the bundled real data."""
-    res, data = cfg.rqvae.resolution, cfg.data
-    images, labels = bundled_dataset(data.bundled_set, res, data.num_samples, seed=cfg.run.seed)
-    if data.bundled_set == "photos":
-        held_out, _ = bundled_dataset("photos", res, 256, seed=cfg.run.seed + EVAL_SEED_OFFSET)
-        return images, labels, held_out
-    return images[256:], labels[256:], images[:256]  # digits: the first 256 are held out
-
-
 def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = module.load_state_dict(state, strict=False)
@@ -90,7 +77,7 @@ def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
 
 
 def run_stage1(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
-    images, labels, held_out = bundled_split(cfg)
+    held_out = eval_images(cfg)
     task = Stage1Task(cfg)
     if cfg.run.init_from:
         load_init_weights(task.rqvae, cfg.run.init_from, "run.init_from")
@@ -98,7 +85,7 @@ def run_stage1(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
     trainer = Stage1Trainer(task, cfg)
     held_out = held_out.to(device)
     before = coarse_to_fine(task.rqvae, held_out)
-    stream = (x.to(device) for x, _ in batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=cfg.data.bundled_set == "photos"))
+    stream = (x.to(device) for x, _ in micro_batches(cfg))
     history = train_steps(cfg, trainer.step, stream, out_dir, log, ("g/recon", "g/commit", "g/lpips", "batch_code_usage"))
     after = coarse_to_fine(task.rqvae, held_out)
     picture = _reconstruction_picture(task.rqvae, held_out[:8], os.path.join(out_dir, "reconstructions.png"))

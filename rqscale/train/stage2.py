@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from rqscale.config import Config, ConfigError
-from rqscale.data import batches
+from rqscale.data.pipeline import micro_batches
 from rqscale.models import RQVAE
 from rqscale.sampling import SamplingParams, sample_codes
 from rqscale.sampling.checkpoint import save_consolidated
@@ -16,7 +16,7 @@ from rqscale.tasks import Stage2Task
 from rqscale.train.loop import train_steps
 from rqscale.train.metrics import accumulate
 from rqscale.train.optim import build_optimizer, build_scheduler
-from rqscale.train.stage1 import bundled_split, load_init_weights
+from rqscale.train.stage1 import load_init_weights
 from rqscale.utils.images import save_grid
 
 
@@ -62,20 +62,18 @@ def load_rqvae(cfg: Config) -> RQVAE:
     return model
 
 
-def _class_labels(cfg: Config, labels: torch.Tensor) -> None:
+def _class_labels(cfg: Config, labels: torch.Tensor) -> torch.Tensor:
     m = cfg.stage2.model
-    if m.condition == "class" and int(labels.max()) >= m.num_classes:
-        raise ConfigError("stage2.model.num_classes", f"the data has label {int(labels.max())} but num_classes is {m.num_classes}",
-                          f"set stage2.model.num_classes={int(labels.max()) + 1}")
+    if m.condition == "class" and (int(labels.max()) >= m.num_classes or int(labels.min()) < 0):
+        raise ConfigError("stage2.model.num_classes", f"the data has labels {int(labels.min())}..{int(labels.max())} "
+                          f"but the model has classes 0..{m.num_classes - 1}", "use labelled shards and set stage2.model.num_classes to their class count")
+    return labels
 
 
 def run_stage2(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
-    images, labels, _ = bundled_split(cfg)
-    _class_labels(cfg, labels)
     task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
     trainer = Stage2Trainer(task, cfg)
-    flip = cfg.data.bundled_set == "photos"
-    stream = ({"images": x.to(device), "cond": y.to(device)} for x, y in batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=flip))
+    stream = ({"images": x.to(device), "cond": _class_labels(cfg, y).to(device)} for x, y in micro_batches(cfg))
     depth = cfg.rqvae.code_shape[2]
     history = train_steps(cfg, trainer.step, stream, out_dir, log, ("image", "depth1", f"depth{depth}", "lr"))
     checkpoint = save_consolidated(os.path.join(out_dir, "rqtransformer.pt"), cfg, task.rqvae, task.model)

@@ -1,0 +1,56 @@
+"""What the training loop consumes: endless (images, labels) micro-batches and a fixed eval set,
+from the bundled images or from data_prep shards (local or S3), behind one interface."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from rqscale.config import Config
+from rqscale.data.bundled import batches, bundled_dataset
+from rqscale.data.reader import ResumableLoader, load_shards
+
+EVAL_SEED_OFFSET = 10_000  # held-out photo crops come from another seed than the training crops
+EVAL_SIZE = 256
+
+
+def bundled_split(cfg: Config):
+    """(train images, train labels, held-out images) from the bundled real data."""
+    res, data = cfg.rqvae.resolution, cfg.data
+    images, labels = bundled_dataset(data.bundled_set, res, data.num_samples, seed=cfg.run.seed)
+    if data.bundled_set == "photos":
+        held_out, _ = bundled_dataset("photos", res, EVAL_SIZE, seed=cfg.run.seed + EVAL_SEED_OFFSET)
+        return images, labels, held_out
+    return images[EVAL_SIZE:], labels[EVAL_SIZE:], images[:EVAL_SIZE]  # digits: the first 256 are held out
+
+
+def shard_loader(cfg: Config, train: bool = True) -> ResumableLoader:
+    return ResumableLoader(load_shards(cfg.data.shards), cfg.train.global_batch, 0, 1, cfg.run.seed, cfg.rqvae.resolution,
+                           cfg.data.loader_workers, cfg.data.max_bad_samples, train=train)
+
+
+def micro_batches(cfg: Config) -> Iterator[tuple]:
+    """Endless (images, labels) micro-batches of cfg.train.micro_batch; labels are -1 when absent."""
+    if cfg.data.kind == "bundled":
+        images, labels, _ = bundled_split(cfg)
+        yield from batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=cfg.data.bundled_set == "photos")
+        return
+    loader = shard_loader(cfg)
+    while True:
+        for batch in loader.epoch_batches():
+            labels = batch.get("cond", torch.full((len(batch["keys"]),), -1))
+            for start in range(0, len(batch["keys"]), cfg.train.micro_batch):
+                yield batch["images"][start : start + cfg.train.micro_batch], labels[start : start + cfg.train.micro_batch]
+
+
+def eval_images(cfg: Config) -> torch.Tensor:
+    """A fixed evaluation set: the bundled held-out images, or the first samples of the shards
+    in epoch-0 order without augmentation."""
+    if cfg.data.kind == "bundled":
+        return bundled_split(cfg)[2]
+    images = []
+    for batch in shard_loader(cfg, train=False).epoch_batches():
+        images.append(batch["images"])
+        if sum(len(x) for x in images) >= EVAL_SIZE:
+            break
+    return torch.cat(images)[:EVAL_SIZE]
