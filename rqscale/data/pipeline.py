@@ -29,18 +29,22 @@ def shard_loader(cfg: Config, train: bool = True) -> ResumableLoader:
                            cfg.data.loader_workers, cfg.data.max_bad_samples, train=train)
 
 
-def micro_batches(cfg: Config) -> Iterator[tuple]:
-    """Endless (images, labels) micro-batches of cfg.train.micro_batch; labels are -1 when absent."""
+def micro_batches(cfg: Config) -> Iterator[dict]:
+    """Endless micro-batches of cfg.train.micro_batch: {"images" or "latents", "cond"}; cond is -1
+    where the data has no label. Latent shards (data_prep.latents) give "latents" for stage 2."""
     if cfg.data.kind == "bundled":
         images, labels, _ = bundled_split(cfg)
-        yield from batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=cfg.data.bundled_set == "photos")
+        for x, y in batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=cfg.data.bundled_set == "photos"):
+            yield {"images": x, "cond": y}
         return
     loader = shard_loader(cfg)
     while True:
         for batch in loader.epoch_batches():
-            labels = batch.get("cond", torch.full((len(batch["keys"]),), -1))
-            for start in range(0, len(batch["keys"]), cfg.train.micro_batch):
-                yield batch["images"][start : start + cfg.train.micro_batch], labels[start : start + cfg.train.micro_batch]
+            n, mb = len(batch["keys"]), cfg.train.micro_batch
+            field = "latents" if "latents" in batch else "images"
+            labels = batch.get("cond", torch.full((n,), -1))
+            for start in range(0, n, mb):
+                yield {field: batch[field][start : start + mb], "cond": labels[start : start + mb]}
 
 
 def eval_images(cfg: Config) -> torch.Tensor:

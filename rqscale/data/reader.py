@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from rqscale.data.latents import LATENT_FIELD, latent_from_bytes
 from rqscale.data.storage import filesystem, join, read_bytes
 from rqscale.data.transforms import decode_image
 
@@ -38,13 +39,15 @@ class Shard:
     url: str
     samples: int
     offsets: tuple  # byte offset of each sample's first tar header, then the end of the last
+    latent_shape: Optional[tuple] = None  # (H, W, n_z) for latent shards (data_prep.latents)
 
 
 def load_shards(manifest_url: str) -> list:
     """Shards listed in a data_prep manifest (local path or s3:// URL)."""
     data = json.loads(read_bytes(manifest_url))
     base = manifest_url.rsplit("/", 1)[0]
-    return [Shard(join(base, s["name"]), s["samples"], tuple(s["offsets"])) for s in data["shards"]]
+    shape = tuple(data["latent_shape"]) if "latent_shape" in data else None
+    return [Shard(join(base, s["name"]), s["samples"], tuple(s["offsets"]), shape) for s in data["shards"]]
 
 
 class EpochOrder:
@@ -95,8 +98,12 @@ def _parse_tar(data: bytes) -> list:
     return list(samples.values())
 
 
-def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator]) -> dict:
-    sample = {"image": decode_image(raw["jpg"], resolution, rng), "key": raw["__key__"]}
+def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator], latent_shape=None) -> dict:
+    sample = {"key": raw["__key__"]}
+    if latent_shape is not None:
+        sample["latent"] = latent_from_bytes(raw[LATENT_FIELD], latent_shape)
+    else:
+        sample["image"] = decode_image(raw["jpg"], resolution, rng)
     if "cls" in raw:
         sample["cls"] = int(raw["cls"])
     if "txt" in raw:
@@ -142,14 +149,16 @@ class ShardReader(IterableDataset):
                 rng = np.random.default_rng([self.seed, self.epoch, position]) if self.train else None
                 position += 1
                 try:
-                    samples.append(decode_sample(raw, self.resolution, rng))
+                    samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape))
                 except Exception:  # corrupt image bytes: skip and count
                     bad += 1
         return {"batch": g, "samples": samples, "bad": bad}
 
 
 def collate(samples: list) -> dict:
-    batch = {"images": torch.stack([s["image"] for s in samples]) if samples else torch.empty(0), "keys": [s["key"] for s in samples]}
+    batch = {"keys": [s["key"] for s in samples]}
+    field, name = ("latent", "latents") if samples and "latent" in samples[0] else ("image", "images")
+    batch[name] = torch.stack([s[field] for s in samples]) if samples else torch.empty(0)
     if samples and "cls" in samples[0]:
         batch["cond"] = torch.tensor([s["cls"] for s in samples])
     if samples and "txt" in samples[0]:

@@ -85,7 +85,7 @@ def run_stage1(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
     trainer = Stage1Trainer(task, cfg)
     held_out = held_out.to(device)
     before = coarse_to_fine(task.rqvae, held_out)
-    stream = (x.to(device) for x, _ in micro_batches(cfg))
+    stream = (_images(batch).to(device) for batch in micro_batches(cfg))
     history = train_steps(cfg, trainer.step, stream, out_dir, log, ("g/recon", "g/commit", "g/lpips", "batch_code_usage"))
     after = coarse_to_fine(task.rqvae, held_out)
     picture = _reconstruction_picture(task.rqvae, held_out[:8], os.path.join(out_dir, "reconstructions.png"))
@@ -102,6 +102,12 @@ def run_stage1(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
         "train_recon_last_step": history[-1]["g/recon"],
         "picture": picture,
     }
+
+
+def _images(batch: dict) -> torch.Tensor:
+    if "images" not in batch:
+        raise ConfigError("data.shards", "stage 1 trains on images, and these shards hold latents", "point data.shards at image shards")
+    return batch["images"]
 
 
 @torch.no_grad()

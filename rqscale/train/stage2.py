@@ -73,7 +73,7 @@ def _class_labels(cfg: Config, labels: torch.Tensor) -> torch.Tensor:
 def run_stage2(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
     task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
     trainer = Stage2Trainer(task, cfg)
-    stream = ({"images": x.to(device), "cond": _class_labels(cfg, y).to(device)} for x, y in micro_batches(cfg))
+    stream = ({k: (_class_labels(cfg, v) if k == "cond" else v).to(device) for k, v in b.items()} for b in micro_batches(cfg))
     depth = cfg.rqvae.code_shape[2]
     history = train_steps(cfg, trainer.step, stream, out_dir, log, ("image", "depth1", f"depth{depth}", "lr"))
     checkpoint = save_consolidated(os.path.join(out_dir, "rqtransformer.pt"), cfg, task.rqvae, task.model)

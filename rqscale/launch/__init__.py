@@ -1,0 +1,1 @@
+"""Ray wiring: the only package that imports ray."""
