@@ -17,7 +17,7 @@ import tarfile
 
 from data_prep.folder import check_root, image_files
 from data_prep.images import image_item, safe_member, sample_key
-from data_prep.shards import write_shards
+from data_prep.shards import run_converter, summary, write_shards
 
 
 def read_tsv(path: str) -> list:
@@ -88,22 +88,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--max-samples", type=int, default=1000)
     args = p.parse_args(argv)
-    try:
-        tokenize = tokenizer_fn(args.tokenizer)
-        if args.images:
-            if not args.tsv:
-                raise ValueError("--images needs --tsv for the captions")
-            captions = read_tsv(args.tsv)
-            items, total = folder_items(captions, args.images, tokenize), len(captions)
-        else:
-            items, total = img2dataset_items(args.img2dataset, tokenize), None
-        m = write_shards(items, args.out, "cc3m", prefix="cc3m", max_samples=args.max_samples, total=total)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"data_prep.cc3m: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"cc3m: {m.samples} samples in {len(m.shards)} shards, {len(m.skipped)} skipped")
-    return 0
+    return run_converter("data_prep.cc3m", lambda: convert(args))
 
+
+def convert(args) -> str:
+    tokenize = tokenizer_fn(args.tokenizer)
+    if args.images:
+        if not args.tsv:
+            raise ValueError("--images needs --tsv for the captions")
+        captions = read_tsv(args.tsv)
+        items, total = folder_items(captions, args.images, tokenize), len(captions)
+    else:
+        items, total = img2dataset_items(args.img2dataset, tokenize), None
+    return summary("cc3m", write_shards(items, args.out, "cc3m", prefix="cc3m", max_samples=args.max_samples, total=total))
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,7 +10,7 @@ import os
 import sys
 
 from data_prep.images import IMAGE_EXTENSIONS, image_item, sample_key
-from data_prep.shards import write_shards
+from data_prep.shards import run_converter, summary, write_shards
 
 
 def image_files(root: str) -> list:
@@ -51,17 +51,15 @@ def main(argv=None) -> int:
     parser.add_argument("--max-samples", type=int, default=1000, help="samples per shard at most")
     parser.add_argument("--max-bytes", type=int, default=1 << 30, help="bytes per shard at most")
     args = parser.parse_args(argv)
-    try:
-        check_root(args.root)
-        pairs = [(p, None) for p in image_files(args.root)] if args.unlabelled else labelled_files(args.root)[0]
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"data_prep.folder: error: {exc}", file=sys.stderr)
-        return 2
+    return run_converter("data_prep.folder", lambda: convert(args))
+
+
+def convert(args) -> str:
+    check_root(args.root)
+    pairs = [(p, None) for p in image_files(args.root)] if args.unlabelled else labelled_files(args.root)[0]
     m = write_shards(file_items(pairs), args.out, args.name, prefix=args.name, max_samples=args.max_samples,
                      max_bytes=args.max_bytes, total=len(pairs))
-    print(f"{args.name}: {m.samples} samples in {len(m.shards)} shards, {len(m.skipped)} skipped")
-    return 0
-
+    return summary(args.name, m)
 
 if __name__ == "__main__":
     sys.exit(main())

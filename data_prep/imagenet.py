@@ -18,7 +18,7 @@ import tarfile
 
 from data_prep.folder import check_root, file_items, image_files
 from data_prep.images import image_item, safe_member, sample_key
-from data_prep.shards import write_shards
+from data_prep.shards import run_converter, summary, write_shards
 
 
 def train_dir_pairs(root: str) -> tuple[list, list]:
@@ -115,15 +115,12 @@ def items_for(args):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        items, total, name = items_for(args)
-        m = write_shards(items, args.out, name, prefix=name, max_samples=args.max_samples, max_bytes=args.max_bytes, total=total)
-    except (FileNotFoundError, ValueError, tarfile.TarError) as exc:
-        print(f"data_prep.imagenet: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{name}: {m.samples} samples in {len(m.shards)} shards, {len(m.skipped)} skipped")
-    return 0
+    return run_converter("data_prep.imagenet", lambda: convert(args))
 
+
+def convert(args) -> str:
+    items, total, name = items_for(args)
+    return summary(name, write_shards(items, args.out, name, prefix=name, max_samples=args.max_samples, max_bytes=args.max_bytes, total=total))
 
 if __name__ == "__main__":
     sys.exit(main())

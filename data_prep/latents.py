@@ -16,9 +16,10 @@ import sys
 
 import torch
 
-from data_prep.shards import MANIFEST, tar_bytes
+from data_prep.shards import MANIFEST, run_converter, tar_bytes
 from rqscale.data.latents import LATENT_FIELD, latent_bytes
-from rqscale.data.reader import decode_sample, load_shards, read_run
+from rqscale.data.reader import load_shards, read_run
+from rqscale.data.transforms import decode_image
 from rqscale.data.storage import exists, join, read_bytes, write_bytes_atomic
 
 def encode_shard(config_yaml: str, rqvae_path: str, shard, out: str, index: int, batch: int = 64) -> dict:
@@ -35,7 +36,7 @@ def encode_shard(config_yaml: str, rqvae_path: str, shard, out: str, index: int,
         chunk, images = [], []
         for raw in raws[start : start + batch]:
             try:
-                images.append(decode_sample(raw, cfg.rqvae.resolution, None)["image"])
+                images.append(decode_image(raw["jpg"], cfg.rqvae.resolution, None))
                 chunk.append(raw)
             except Exception:  # corrupt image: skipped and counted, as the reader does
                 bad += 1
@@ -89,17 +90,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    try:
-        for path, what in ((args.rqvae, "RQ-VAE weights"), (args.shards, "shard manifest")):
-            if not exists(path):
-                raise FileNotFoundError(f"{what} not found: '{path}'")
-        m = extract(args.config, args.rqvae, args.shards, args.out, args.overrides)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"data_prep.latents: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"latents: {m['samples']} samples in {len(m['shards'])} shards, {m['bad']} skipped")
-    return 0
+    return run_converter("data_prep.latents", lambda: convert(args))
 
+
+def convert(args) -> str:
+    for path, what in ((args.rqvae, "RQ-VAE weights"), (args.shards, "shard manifest")):
+        if not exists(path):
+            raise FileNotFoundError(f"{what} not found: '{path}'")
+    m = extract(args.config, args.rqvae, args.shards, args.out, args.overrides)
+    return f"latents: {m['samples']} samples in {len(m['shards'])} shards, {m['bad']} skipped"
 
 if __name__ == "__main__":
     sys.exit(main())

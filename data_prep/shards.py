@@ -19,7 +19,7 @@ import sys
 import tarfile
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from rqscale.data.storage import exists, join, read_bytes, write_bytes_atomic
 
@@ -131,3 +131,18 @@ def _flush(manifest: Manifest, out: str, prefix: str, samples: list, first: int,
     manifest.items_done = items_end
     manifest.complete = final
     write_bytes_atomic(join(out, MANIFEST), manifest.to_json().encode())
+
+
+def summary(name: str, manifest: Manifest) -> str:
+    return f"{name}: {manifest.samples} samples in {len(manifest.shards)} shards, {len(manifest.skipped)} skipped"
+
+
+def run_converter(prog: str, convert: Callable[[], str]) -> int:
+    """CLI wrapper: bad paths and inputs print one line and exit 2; otherwise print the summary."""
+    try:
+        line = convert()
+    except (FileNotFoundError, ValueError, tarfile.TarError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    print(line)
+    return 0

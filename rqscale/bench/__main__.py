@@ -21,12 +21,18 @@ def main(argv=None) -> int:
     s.add_argument("--batch", type=int, default=100)
     s.add_argument("--baseline-batch", type=int, default=0, help="batch for the no-cache baseline (0 = --batch)")
     s.add_argument("--device", default="cpu")
+    d = sub.add_parser("data", help="reader vs ImageFolder, S3 overhead, latent vs on-the-fly stage-2 inputs")
+    d.add_argument("--images", type=int, default=400)
     args = parser.parse_args(argv)
     if args.name == "quantizer":
         from rqscale.bench import quantizer
 
         result = quantizer.run(args.num_codes, args.dim, args.depth, args.vectors, args.repeats, args.device)
         print(quantizer.report(result))
+    elif args.name == "data":
+        from rqscale.bench import data
+
+        print(data.report(data.run(args.images)))
     elif args.name == "sample":
         from rqscale.bench import sample
 

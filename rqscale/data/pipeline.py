@@ -9,6 +9,7 @@ import torch
 from rqscale.config import Config
 from rqscale.data.bundled import batches, bundled_dataset
 from rqscale.data.reader import ResumableLoader, load_shards
+from rqscale.data.transforms import to_unit_range
 
 EVAL_SEED_OFFSET = 10_000  # held-out photo crops come from another seed than the training crops
 EVAL_SIZE = 256
@@ -44,7 +45,8 @@ def micro_batches(cfg: Config) -> Iterator[dict]:
             field = "latents" if "latents" in batch else "images"
             labels = batch.get("cond", torch.full((n,), -1))
             for start in range(0, n, mb):
-                yield {field: batch[field][start : start + mb], "cond": labels[start : start + mb]}
+                x = batch[field][start : start + mb]
+                yield {field: to_unit_range(x) if field == "images" else x, "cond": labels[start : start + mb]}
 
 
 def eval_images(cfg: Config) -> torch.Tensor:
@@ -54,7 +56,7 @@ def eval_images(cfg: Config) -> torch.Tensor:
         return bundled_split(cfg)[2]
     images = []
     for batch in shard_loader(cfg, train=False).epoch_batches():
-        images.append(batch["images"])
+        images.append(to_unit_range(batch["images"]))
         if sum(len(x) for x in images) >= EVAL_SIZE:
             break
     return torch.cat(images)[:EVAL_SIZE]

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from rqscale.data.latents import LATENT_FIELD, latent_from_bytes
 from rqscale.data.storage import filesystem, join, read_bytes
-from rqscale.data.transforms import decode_image
+from rqscale.data.transforms import decode_image_uint8
 
 
 class BadDataError(RuntimeError):
@@ -103,7 +103,7 @@ def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator]
     if latent_shape is not None:
         sample["latent"] = latent_from_bytes(raw[LATENT_FIELD], latent_shape)
     else:
-        sample["image"] = decode_image(raw["jpg"], resolution, rng)
+        sample["image"] = decode_image_uint8(raw["jpg"], resolution, rng)  # made float per batch in collate
     if "cls" in raw:
         sample["cls"] = int(raw["cls"])
     if "txt" in raw:
@@ -158,6 +158,8 @@ class ShardReader(IterableDataset):
 def collate(samples: list) -> dict:
     batch = {"keys": [s["key"] for s in samples]}
     field, name = ("latent", "latents") if samples and "latent" in samples[0] else ("image", "images")
+    # Images stay uint8 here: 4x less to move between processes (and to a GPU); the consumer maps
+    # them to [-1, 1] with to_unit_range, on the device.
     batch[name] = torch.stack([s[field] for s in samples]) if samples else torch.empty(0)
     if samples and "cls" in samples[0]:
         batch["cond"] = torch.tensor([s["cls"] for s in samples])
@@ -167,7 +169,8 @@ def collate(samples: list) -> dict:
 
 
 class ResumableLoader:
-    """Iterates a rank's batches across epochs; state_dict() is exact at every yielded batch."""
+    """Iterates a rank's batches across epochs; state_dict() is exact at every yielded batch.
+    Batches: {"keys", "images" (uint8, B x 3 x R x R) or "latents" (float), "cond"?, "txt"?}."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, resolution: int,
                  loader_workers: int = 0, max_bad_samples: int = 0, train: bool = True):

@@ -6,6 +6,7 @@ Transient S3 errors are retried by botocore's adaptive retry mode.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import fsspec
@@ -18,13 +19,19 @@ def is_s3(url: str) -> bool:
 
 
 def filesystem(url: str) -> fsspec.AbstractFileSystem:
+    """One filesystem object per process and endpoint: creating an S3 client per read costs more
+    than the read. Keyed by pid, because a forked loader worker must not share its parent's client."""
     if is_s3(url):
-        import s3fs
-
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
-        return s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs={"retries": S3_RETRIES}, skip_instance_cache=True)
+        return _s3(os.environ.get("AWS_ENDPOINT_URL"), os.getpid())
     return fsspec.filesystem("file")
+
+
+@functools.lru_cache(maxsize=8)
+def _s3(endpoint: str | None, pid: int):
+    import s3fs
+
+    client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, config_kwargs={"retries": S3_RETRIES}, skip_instance_cache=True)
 
 
 def join(base: str, name: str) -> str:

@@ -9,6 +9,7 @@ from data_prep.latents import extract
 from data_prep.shards import write_shards
 from rqscale.config import load
 from rqscale.data.reader import ResumableLoader, load_shards
+from rqscale.data.transforms import to_unit_range
 from rqscale.models import RQVAE
 from rqscale.tasks import Stage2Task
 from tests.conftest import DEBUG_STAGE2, REPO
@@ -37,7 +38,7 @@ def test_latent_soft_labels_match_on_the_fly_encoding(latent_setup):
     task = Stage2Task(cfg, rqvae)
     for images, latents in zip(epoch(str(root / "images" / "manifest.json")), epoch(str(root / "latents" / "manifest.json"))):
         assert images["keys"] == latents["keys"] and torch.equal(images["cond"], latents["cond"])
-        on_the_fly = task.latents({"images": images["images"]})
+        on_the_fly = task.latents({"images": to_unit_range(images["images"])})
         stored = task.latents({"latents": latents["latents"]})
         assert torch.allclose(stored, on_the_fly, rtol=1e-2, atol=1e-2)  # bf16 storage
         p1, _ = task.targets(on_the_fly, torch.Generator().manual_seed(0))
