@@ -107,3 +107,36 @@ def test_same_stream_from_s3(digit_shards, s3_bucket, tmp_path):
     remote_batches = list(loader(remote).epoch_batches())
     assert [b["keys"] for b in remote_batches] == [b["keys"] for b in local_batches]
     assert torch.equal(remote_batches[0]["images"], local_batches[0]["images"])
+
+
+def test_reads_survive_an_s3_outage(s3_bucket, tmp_path):
+    """The S3 endpoint goes away and comes back on the same port: reads retry instead of failing."""
+    import os
+    import threading
+    import time
+
+    from moto.server import ThreadedMotoServer
+
+    from tests.data.conftest import _free_port
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    old = os.environ["AWS_ENDPOINT_URL"]
+    os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{port}"
+    try:
+        import boto3
+
+        boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).create_bucket(Bucket="flaky")
+        write_shards(first_digits(40), "s3://flaky/d", "digits", max_samples=20)
+        shards = load_shards("s3://flaky/d/manifest.json")
+        server.stop()  # outage; moto keeps its objects in this process
+        replacement = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+        threading.Timer(1.5, replacement.start).start()
+        start = time.perf_counter()
+        keys = keys_of(loader(shards).epoch_batches())
+        assert sorted(keys) == sorted(f"digit{i:05d}" for i in range(40))
+        assert time.perf_counter() - start > 1.0  # it did wait for the endpoint to return
+        replacement.stop()
+    finally:
+        os.environ["AWS_ENDPOINT_URL"] = old
