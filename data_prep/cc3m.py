@@ -15,7 +15,7 @@ import os
 import sys
 import tarfile
 
-from data_prep.folder import check_root, image_files
+from data_prep.folder import check_root, image_files, shuffled
 from data_prep.images import image_item, safe_member, sample_key
 from data_prep.shards import run_converter, summary, write_shards
 
@@ -30,7 +30,7 @@ def read_tsv(path: str) -> list:
 def folder_items(captions: list, root: str, tokenize=None):
     check_root(root)
     by_key = {sample_key(p): p for p in image_files(root)}
-    for i, caption in enumerate(captions):
+    for i, caption in shuffled(list(enumerate(captions))):
         key = f"{i:09d}"
         if key not in by_key:
             yield {"__key__": key, "__error__": "missing image (not downloaded)"}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 
 from data_prep.images import IMAGE_EXTENSIONS, image_item, sample_key
@@ -29,8 +30,16 @@ def labelled_files(root: str) -> tuple[list, list]:
     return pairs, classes
 
 
+def shuffled(items: list, seed: int = 0) -> list:
+    """A fixed permutation of a sorted source list: the reader permutes shards, not samples, so the
+    mixing of classes within a shard comes from here. Fixed seed, so re-runs resume correctly."""
+    order = list(items)
+    random.Random(seed).shuffle(order)
+    return order
+
+
 def file_items(pairs: list, key_prefix: str = ""):
-    for path, label in pairs:
+    for path, label in shuffled(pairs):
         with open(path, "rb") as f:
             data = f.read()
         fields = {} if label is None else {"cls": label}

@@ -16,7 +16,7 @@ import os
 import sys
 import tarfile
 
-from data_prep.folder import check_root, file_items, image_files
+from data_prep.folder import check_root, file_items, image_files, shuffled
 from data_prep.images import image_item, safe_member, sample_key
 from data_prep.shards import run_converter, summary, write_shards
 
@@ -34,28 +34,38 @@ def _members(tar: tarfile.TarFile) -> list:
 
 
 def train_tar_items(path: str):
-    """Items from the tar of per-synset tars, in sorted synset then file order."""
+    """Items from the tar of per-synset tars, in a fixed shuffled order: one pass indexes every
+    image's byte range in the (uncompressed) outer tar, a second reads them by seeking."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ImageNet train tar not found: '{path}'")
+    entries = shuffled(_tar_index(path))
+    with open(path, "rb") as f:
+        for entry in entries:
+            if isinstance(entry, str):
+                yield {"__key__": None, "__error__": entry}
+                continue
+            offset, size, name, label = entry
+            f.seek(offset)
+            yield image_item(sample_key(name), f.read(size), cls=label)
+
+
+def _tar_index(path: str) -> list:
+    """[(absolute offset, size, member name, label)] for every image, or an error string per unsafe member."""
+    entries = []
     with tarfile.open(path) as outer:
         inner_members = _members(outer)
         synsets = sorted(os.path.splitext(os.path.basename(m.name))[0] for m in inner_members if safe_member(m.name))
-        index = {s: i for i, s in enumerate(synsets)}
+        label_of = {s: i for i, s in enumerate(synsets)}
         for member in inner_members:
             if not safe_member(member.name):
-                yield {"__key__": None, "__error__": f"unsafe member name '{member.name}'"}
+                entries.append(f"unsafe member name '{member.name}'")
                 continue
-            label = index[os.path.splitext(os.path.basename(member.name))[0]]
+            label = label_of[os.path.splitext(os.path.basename(member.name))[0]]
             with tarfile.open(fileobj=outer.extractfile(member)) as inner:
-                yield from _inner_items(inner, label)
-
-
-def _inner_items(inner: tarfile.TarFile, label: int):
-    for m in _members(inner):
-        if not safe_member(m.name):
-            yield {"__key__": None, "__error__": f"unsafe member name '{m.name}'"}
-            continue
-        yield image_item(sample_key(m.name), inner.extractfile(m).read(), cls=label)
+                for m in _members(inner):
+                    entries.append((member.offset_data + m.offset_data, m.size, m.name, label) if safe_member(m.name)
+                                   else f"unsafe member name '{m.name}'")
+    return entries
 
 
 def val_labels(labels_path: str, images: list, id_synsets: str | None) -> dict:

@@ -47,6 +47,8 @@ def test_imagenet_train_dir_local(imagenet_layout, tmp_path):
     samples = check_shards(str(tmp_path), m)
     labels = {s["__key__"]: int(s["cls"]) for s in samples}
     assert labels["n01440764_0"] == 0 and labels["n01484850_3"] == 2  # sorted synsets -> 0..
+    first_shard = [int(s["cls"]) for s in samples[:5]]
+    assert len(set(first_shard)) > 1  # items are shuffled before sharding: shards mix classes
 
 
 def test_imagenet_tar_of_tars_to_s3_skips_bad_members(imagenet_layout, s3_bucket):
