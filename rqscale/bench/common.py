@@ -24,14 +24,12 @@ def machine() -> dict:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    fallback = platform.processor() or platform.machine()
+    if not os.path.exists("/proc/cpuinfo"):  # not Linux
+        return fallback
+    with open("/proc/cpuinfo") as f:
+        names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    return names[0] if names else fallback
 
 
 def _sync(device: torch.device) -> None:

@@ -31,7 +31,7 @@ from rqscale.data.transforms import decode_image_uint8
 
 
 class BadDataError(RuntimeError):
-    pass
+    """More unreadable samples than data.max_bad_samples allows."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from torch import nn
 
 
 class MissingWeightsError(FileNotFoundError):
-    pass
+    """A weights file the config names is not on disk; the message names it."""
 
 
 def build_lpips(backbone_path: str | None, random_backbone: bool = False) -> nn.Module:

@@ -90,7 +90,7 @@ def test_demo_set_to_s3(s3_bucket):
 
 
 class Crash(Exception):
-    pass
+    """Stands for a converter process dying mid-run."""
 
 
 def numbered_items(n: int, crash_at: int = -1):
