@@ -24,7 +24,10 @@ def read_tsv(path: str) -> list:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"caption TSV not found: '{path}'")
     with open(path, encoding="utf-8") as f:
-        return [line.rstrip("\n").split("\t")[0] for line in f if line.strip()]
+        rows = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+    if rows and [c.strip().lower() for c in rows[0][:2]] == ["caption", "url"]:
+        rows = rows[1:]  # img2dataset's header line: keys count data rows only
+    return [row[0] for row in rows]
 
 
 def folder_items(captions: list, root: str, tokenize=None):

@@ -10,7 +10,7 @@ import os
 import random
 import sys
 
-from data_prep.images import IMAGE_EXTENSIONS, image_item, sample_key
+from data_prep.images import IMAGE_EXTENSIONS, image_item, path_key
 from data_prep.shards import run_converter, summary, write_shards
 
 
@@ -38,12 +38,13 @@ def shuffled(items: list, seed: int = 0) -> list:
     return order
 
 
-def file_items(pairs: list, key_prefix: str = ""):
+def file_items(pairs: list, root: str):
+    """Items keyed by the path below `root` (class/name), so equal file names in two folders stay apart."""
     for path, label in shuffled(pairs):
         with open(path, "rb") as f:
             data = f.read()
         fields = {} if label is None else {"cls": label}
-        yield image_item(key_prefix + sample_key(os.path.relpath(path)), data, **fields)
+        yield image_item(path_key(os.path.relpath(path, root)), data, **fields)
 
 
 def check_root(root: str) -> None:
@@ -66,7 +67,7 @@ def main(argv=None) -> int:
 def convert(args) -> str:
     check_root(args.root)
     pairs = [(p, None) for p in image_files(args.root)] if args.unlabelled else labelled_files(args.root)[0]
-    m = write_shards(file_items(pairs), args.out, args.name, prefix=args.name, max_samples=args.max_samples,
+    m = write_shards(file_items(pairs, args.root), args.out, args.name, prefix=args.name, max_samples=args.max_samples,
                      max_bytes=args.max_bytes, total=len(pairs))
     return summary(args.name, m)
 

@@ -116,11 +116,11 @@ def items_for(args):
         return train_tar_items(args.train_tar), None, "imagenet-train"
     if args.train_dir:
         pairs, _ = train_dir_pairs(args.train_dir)
-        return file_items(pairs), len(pairs), "imagenet-train"
+        return file_items(pairs, args.train_dir), len(pairs), "imagenet-train"
     if not args.val_labels:
         raise ValueError("--val-dir needs --val-labels")
     pairs, _ = val_pairs(args.val_dir, args.val_labels, args.id_synsets)
-    return file_items(pairs), len(pairs), "imagenet-val"
+    return file_items(pairs, args.val_dir), len(pairs), "imagenet-val"
 
 
 def main(argv=None) -> int:

@@ -49,6 +49,12 @@ def safe_member(name: str) -> bool:
     return not (name.startswith("/") or norm.startswith("..") or "\\" in name or ":" in name.split("/")[0])
 
 
+def path_key(relative_path: str) -> str:
+    """A webdataset key from a path below a root: directories joined by '_', no extension or dots."""
+    stem = posixpath.splitext(relative_path.replace("\\", "/"))[0]
+    return stem.replace("/", "_").replace(".", "_")
+
+
 def sample_key(name: str) -> str:
     """A webdataset key from a file name: no directories or extension, no dots (they split fields)."""
     stem = posixpath.splitext(posixpath.basename(name))[0]

@@ -57,12 +57,12 @@ def _encode(value) -> bytes:
 
 
 def tar_bytes(samples: list) -> tuple[bytes, list]:
-    """A POSIX tar of `<key>.<field>` members with fixed metadata, so equal input gives equal bytes,
+    """A POSIX (pax) tar of `<key>.<field>` members with fixed metadata, so equal input gives equal bytes,
     and the byte offset where each sample starts (plus the end of the last): readers fetch a run of
     samples with one ranged read."""
     buffer = io.BytesIO()
     offsets = []
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:  # PAX: no 100-char name limit
         for sample in samples:
             offsets.append(buffer.tell())
             for name, value in sorted(sample.items()):

@@ -6,7 +6,7 @@ rank r of W takes the contiguous slice [g*B + r*B/W, g*B + (r+1)*B/W), fetched w
 read per shard it touches (the manifest stores every sample's byte offset). Loader worker w of N
 takes the global batches g = w (mod N); PyTorch's in-order loader then yields g = 0, 1, 2, ...
 
-So the whole reader state is (epoch, next global batch, bad samples so far): resuming at g gives
+So the whole reader state is (epoch, next global batch, bad-sample counts): resuming at g gives
 exactly the batches an uninterrupted run would, for any world size dividing B, and every sample of
 an epoch is delivered once (the last global batch may be short). Augmentation randomness is keyed
 by (seed, epoch, global position), so it resumes too. Unreadable samples are skipped and counted;
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import tarfile
 import time
 from dataclasses import dataclass
@@ -45,7 +46,7 @@ class Shard:
 def load_shards(manifest_url: str) -> list:
     """Shards listed in a data_prep manifest (local path or s3:// URL)."""
     data = json.loads(read_bytes(manifest_url))
-    base = manifest_url.rsplit("/", 1)[0]
+    base = posixpath.dirname(manifest_url) or "."
     shape = tuple(data["latent_shape"]) if "latent_shape" in data else None
     return [Shard(join(base, s["name"]), s["samples"], tuple(s["offsets"]), shape) for s in data["shards"]]
 
@@ -58,13 +59,13 @@ class EpochOrder:
         self.total = int(self.starts[-1])
 
     def runs(self, start: int, end: int) -> list:
-        """[(shard, first, stop)] covering global positions [start, end) in order."""
+        """[(shard, first, stop, global position of first)] covering positions [start, end) in order."""
         out = []
         i = int(np.searchsorted(self.starts, start, side="right")) - 1
         while start < end and i < len(self.shards):
             first = start - int(self.starts[i])
             stop = min(end - int(self.starts[i]), self.shards[i].samples)
-            out.append((self.shards[i], first, stop))
+            out.append((self.shards[i], first, stop, start))
             start = int(self.starts[i]) + stop
             i += 1
         return out
@@ -75,9 +76,8 @@ def read_run(shard: Shard, first: int, stop: int, retries: int = 3) -> list:
     lo, hi = shard.offsets[first], shard.offsets[stop]
     for attempt in range(retries):
         try:
-            with filesystem(shard.url).open(shard.url, "rb") as f:
-                f.seek(lo)
-                data = f.read(hi - lo)
+            # One ranged GET on S3 (opening a file object would read ahead a whole 50 MB block).
+            data = filesystem(shard.url).cat_file(shard.url, start=lo, end=hi)
             break
         except (OSError, TimeoutError):  # transient storage errors: back off and retry
             if attempt == retries - 1:
@@ -141,13 +141,12 @@ class ShardReader(IterableDataset):
 
     def load_batch(self, g: int) -> dict:
         start, end = self.rank_slice(g)
-        samples, bad, position = [], 0, start
-        for shard, first, stop in self.order.runs(start, end):
+        samples, bad = [], 0
+        for shard, first, stop, run_start in self.order.runs(start, end):
             raws = read_run(shard, first, stop)
             bad += (stop - first) - len(raws)
-            for raw in raws:
-                rng = np.random.default_rng([self.seed, self.epoch, position]) if self.train else None
-                position += 1
+            for j, raw in enumerate(raws):  # a truncated run loses its tail, so j is the sample's place
+                rng = np.random.default_rng([self.seed, self.epoch, run_start + j]) if self.train else None
                 try:
                     samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape))
                 except Exception:  # corrupt image bytes: skip and count
@@ -177,13 +176,15 @@ class ResumableLoader:
         self.shards, self.global_batch, self.rank, self.world_size = shards, global_batch, rank, world_size
         self.seed, self.resolution, self.loader_workers, self.train = seed, resolution, loader_workers, train
         self.max_bad_samples = max_bad_samples
-        self.epoch, self.next_batch, self.bad_samples = 0, 0, 0
+        self.epoch, self.next_batch, self.bad_samples, self.bad_samples_total = 0, 0, 0, 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "next_batch": self.next_batch, "bad_samples": self.bad_samples}
+        return {"epoch": self.epoch, "next_batch": self.next_batch, "bad_samples": self.bad_samples,
+                "bad_samples_total": self.bad_samples_total}
 
     def load_state_dict(self, state: dict) -> None:
-        self.epoch, self.next_batch, self.bad_samples = state["epoch"], state["next_batch"], state["bad_samples"]
+        self.epoch, self.next_batch = state["epoch"], state["next_batch"]
+        self.bad_samples, self.bad_samples_total = state["bad_samples"], state["bad_samples_total"]
 
     def _reader(self) -> ShardReader:
         return ShardReader(self.shards, self.global_batch, self.rank, self.world_size, self.seed, self.epoch,
@@ -191,19 +192,18 @@ class ResumableLoader:
 
     def epoch_batches(self):
         """The rest of the current epoch, as collated batches; the state advances with each one."""
-        reader = self._reader()
-        if self.loader_workers > max(1, reader.num_batches - self.next_batch):
-            raise ValueError(f"data.loader_workers={self.loader_workers} exceeds the {reader.num_batches - self.next_batch} "
-                             "batches left in this epoch: lower data.loader_workers")
+        reader = self._reader()  # loader workers with no batch left simply finish: nothing waits on them
         loader = DataLoader(reader, batch_size=None, num_workers=self.loader_workers, collate_fn=lambda x: x)
         for item in loader:
             self._count_bad(item["bad"])
             self.next_batch = item["batch"] + 1
             yield collate(item["samples"])
-        self.epoch, self.next_batch = self.epoch + 1, 0
+        self.epoch, self.next_batch, self.bad_samples = self.epoch + 1, 0, 0
 
     def _count_bad(self, bad: int) -> None:
+        """The budget is per epoch: a permanently corrupt sample is met once per epoch."""
         self.bad_samples += bad
+        self.bad_samples_total += bad
         if self.bad_samples > self.max_bad_samples:
-            raise BadDataError(f"{self.bad_samples} unreadable samples so far, over the budget data.max_bad_samples="
+            raise BadDataError(f"{self.bad_samples} unreadable samples this epoch, over the budget data.max_bad_samples="
                                f"{self.max_bad_samples}: check the shards (manifest checksums) or raise the budget")

@@ -46,7 +46,7 @@ def test_imagenet_train_dir_local(imagenet_layout, tmp_path):
     assert m["samples"] == 12 and len(m["shards"]) == 3 and m["complete"] and m["skipped"] == []
     samples = check_shards(str(tmp_path), m)
     labels = {s["__key__"]: int(s["cls"]) for s in samples}
-    assert labels["n01440764_0"] == 0 and labels["n01484850_3"] == 2  # sorted synsets -> 0..
+    assert labels["n01440764_n01440764_0"] == 0 and labels["n01484850_n01484850_3"] == 2  # sorted synsets -> 0..
     first_shard = [int(s["cls"]) for s in samples[:5]]
     assert len(set(first_shard)) > 1  # items are shuffled before sharding: shards mix classes
 
@@ -160,3 +160,23 @@ def test_cc3m_img2dataset_output(cc3m_layout, s3_bucket):
     assert proc.returncode == 0, proc.stderr
     samples = check_shards(out, manifest(out))
     assert sorted(s["txt"] for s in samples) == [b"a photo of digit number 0", b"a photo of digit number 1", b"a photo of digit number 3"]
+
+
+def test_folder_keeps_equal_file_names_in_different_classes(tmp_path):
+    from tests.data.conftest import real_jpegs
+
+    jpegs = real_jpegs(2, seed=5)
+    for cls, data in zip(("cat", "dog"), jpegs):
+        os.makedirs(tmp_path / "root" / cls)
+        (tmp_path / "root" / cls / "1.jpg").write_bytes(data)
+    proc = run("data_prep.folder", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    samples = check_shards(str(tmp_path / "out"), manifest(str(tmp_path / "out")))
+    assert sorted((s["__key__"], int(s["cls"])) for s in samples) == [("cat_1", 0), ("dog_1", 1)]
+
+
+def test_cc3m_tsv_header_is_not_a_caption(tmp_path):
+    from data_prep.cc3m import read_tsv
+
+    (tmp_path / "t.tsv").write_text("caption\turl\nfirst caption\thttp://x.invalid/0\nsecond\thttp://x.invalid/1\n")
+    assert read_tsv(str(tmp_path / "t.tsv")) == ["first caption", "second"]

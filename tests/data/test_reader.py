@@ -52,13 +52,13 @@ def test_resume_with_fewer_ranks_continues_the_same_global_batches(digit_shards)
         it = part.epoch_batches()
         seen += keys_of(next(it) for _ in range(k))
     state = first[0].state_dict()
-    assert state == first[1].state_dict() == {"epoch": 0, "next_batch": k, "bad_samples": 0}
+    assert state == first[1].state_dict() == {"epoch": 0, "next_batch": k, "bad_samples": 0, "bad_samples_total": 0}
     single = loader(digit_shards, 0, 1)
     single.load_state_dict(state)
     rest = list(single.epoch_batches())
     assert [b["keys"] for b in rest] == uninterrupted[k:]  # identical next global batches
     assert sorted(seen + keys_of(rest)) == sorted(keys_of(b for r in ranks for b in r))  # one epoch exactly
-    assert single.state_dict() == {"epoch": 1, "next_batch": 0, "bad_samples": 0}
+    assert single.state_dict() == {"epoch": 1, "next_batch": 0, "bad_samples": 0, "bad_samples_total": 0}
 
 
 def test_resume_reproduces_augmentation(digit_shards):
@@ -92,7 +92,9 @@ def test_corrupt_samples_and_truncated_shards_are_skipped_and_counted(tmp_path):
     last.write_bytes(last.read_bytes()[: shards[3].offsets[6] + 700])  # cut inside sample 6 of the last shard
     ok = loader(shards, max_bad_samples=10)
     keys = keys_of(ok.epoch_batches())
-    assert ok.state_dict()["bad_samples"] == 1 + 4  # the bad JPEG, and samples 6..9 of the cut shard
+    assert ok.state_dict()["bad_samples_total"] == 1 + 4  # the bad JPEG, and samples 6..9 of the cut shard
+    keys_again = keys_of(ok.epoch_batches())  # the budget is per epoch: a second epoch does not trip it
+    assert sorted(keys_again) == sorted(keys) and ok.state_dict()["bad_samples_total"] == 10
     assert len(keys) == 35 and "digit00003" not in keys
     strict = loader(shards, max_bad_samples=2)
     with pytest.raises(BadDataError, match="data.max_bad_samples=2"):
