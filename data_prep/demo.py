@@ -33,10 +33,10 @@ def digit_items(resolution: int = 32):
 
 
 def photo_items():
-    from rqscale.data.bundled import SKIMAGE_PHOTOS, _photo_arrays
+    from rqscale.data.bundled import SKIMAGE_PHOTOS, photo_arrays
 
     names = list(SKIMAGE_PHOTOS) + ["china", "flower"]
-    for i, (name, photo) in enumerate(zip(names, _photo_arrays())):
+    for i, (name, photo) in enumerate(zip(names, photo_arrays())):
         yield {"__key__": f"photo{i:03d}", "jpg": encode_jpeg(photo), "cls": i, "txt": f"a photo: {name.replace('_', ' ')}"}
 
 

@@ -26,9 +26,9 @@ def make_jpegs(count: int, seed: int = 0) -> list:
     from PIL import Image
 
     from data_prep.images import encode_jpeg
-    from rqscale.data.bundled import _photo_arrays
+    from rqscale.data.bundled import photo_arrays
 
-    photos, rng, out = _photo_arrays(), np.random.default_rng(seed), []
+    photos, rng, out = photo_arrays(), np.random.default_rng(seed), []
     for i in range(count):
         label = i % len(photos)
         photo = Image.fromarray(photos[label]).resize((640, 480))

@@ -139,7 +139,6 @@ class TrainConfig:
     num_workers: int = 1  # data-parallel ranks
     max_steps: int = 100_092  # A.3: 10 epochs of ImageNet at batch 128
     log_every: int = 50
-    sample_every: int = 0  # 0: only at the end
     device: str = "auto"  # auto | cpu | cuda
 
 

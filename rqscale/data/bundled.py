@@ -14,7 +14,7 @@ import torch.nn.functional as F
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
 
 
-def _photo_arrays() -> list[np.ndarray]:
+def photo_arrays() -> list[np.ndarray]:
     import skimage.data
     from sklearn.datasets import load_sample_images
 
@@ -30,7 +30,7 @@ def _to_tensor(image: np.ndarray) -> torch.Tensor:
 def photo_crops(resolution: int, num_samples: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Random crops (side 1/8 to 1/2 of the shorter edge) resized to `resolution`; label = photo index."""
     rng = np.random.default_rng(seed)
-    photos = [_to_tensor(p) for p in _photo_arrays()]
+    photos = [_to_tensor(p) for p in photo_arrays()]
     images, labels = [], []
     for _ in range(num_samples):
         idx = int(rng.integers(len(photos)))
