@@ -23,6 +23,15 @@ def main(argv=None) -> int:
     s.add_argument("--device", default="cpu")
     d = sub.add_parser("data", help="reader vs ImageFolder, S3 overhead, latent vs on-the-fly stage-2 inputs")
     d.add_argument("--images", type=int, default=400)
+    t = sub.add_parser("train", help="stage-2 step: plain loop vs DeepSpeed engine overhead, CPU MFU")
+    t.add_argument("--config", default="configs/debug/stage2_bench.yaml")
+    t.add_argument("--warmup", type=int, default=2)
+    t.add_argument("--repeats", type=int, default=5)
+    t.add_argument("--allocators", default="default,retained", help="comma-separated: default, retained")
+    t.add_argument("--no-autocast", action="store_true", help="skip the torch.autocast reference timing")
+    t.add_argument("--recovery-s", type=float, default=None, help="a recovery time measured elsewhere, to print")
+    t.add_argument("--recovery", action="store_true", help="also measure recovery from a killed Ray worker (~2 min)")
+    t.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = parser.parse_args(argv)
     if args.name == "quantizer":
         from rqscale.bench import quantizer
@@ -33,6 +42,16 @@ def main(argv=None) -> int:
         from rqscale.bench import data
 
         print(data.report(data.run(args.images)))
+    elif args.name == "train":
+        from rqscale.bench import train
+
+        result = train.run(args.config, args.warmup, args.repeats, args.overrides, args.allocators.split(","), not args.no_autocast)
+        recovery_s = args.recovery_s
+        if args.recovery:
+            from rqscale.bench import recovery
+
+            recovery_s = recovery.run("configs/debug/stage2.yaml")["recovery_s"]
+        print(train.report(result, recovery_s))
     elif args.name == "sample":
         from rqscale.bench import sample
 

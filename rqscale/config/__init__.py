@@ -1,7 +1,9 @@
 """Typed configs: schema dataclasses, load() from YAML + overrides, validation that names the fix."""
 from rqscale.config.load import ConfigError, from_yaml_text, load, save_resolved, to_yaml
 from rqscale.config.schema import (
+    CheckpointConfig,
     Config,
+    EngineConfig,
     DataConfig,
     OptimConfig,
     RQTransformerConfig,
@@ -16,7 +18,7 @@ from rqscale.config.schema import (
 from rqscale.config.validate import default_lpips_backbone, validate
 
 __all__ = [
-    "Config", "ConfigError", "DataConfig", "OptimConfig", "RQTransformerConfig", "RQVAEConfig", "RunConfig",
+    "CheckpointConfig", "Config", "ConfigError", "EngineConfig", "DataConfig", "OptimConfig", "RQTransformerConfig", "RQVAEConfig", "RunConfig",
     "Stage1Config", "Stage1LossConfig", "Stage2Config", "Stage2LossConfig", "TrainConfig",
     "default_lpips_backbone", "from_yaml_text", "load", "save_resolved", "to_yaml", "validate",
 ]

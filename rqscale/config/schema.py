@@ -13,7 +13,7 @@ from typing import List, Optional
 @dataclass
 class RunConfig:
     name: str = "rqscale"
-    output_dir: str = "runs"  # a run writes to <output_dir>/<name>/
+    output_dir: str = "runs"  # storage: a local directory or s3://bucket/prefix; a run lives in <output_dir>/<name>/
     seed: int = 0
     init_from: Optional[str] = None  # RQ-VAE state dict to start from (fine-tuning, A.3 LSUN)
 
@@ -140,6 +140,29 @@ class TrainConfig:
     max_steps: int = 100_092  # A.3: 10 epochs of ImageNet at batch 128
     log_every: int = 50
     device: str = "auto"  # auto | cpu | cuda
+    min_workers: int = 0  # > 0: elastic, Ray runs between min_workers and num_workers ranks
+    max_failures: int = 3  # worker-group restarts Ray attempts before the run fails
+    cpus_per_worker: int = 1
+    peak_tflops: float = 312.0  # MFU denominator per worker: A100 dense bf16 (NVIDIA's datasheet)
+    picture_every: int = 0  # a PNG grid every N steps (0: at the end only)
+    max_nonfinite_steps: int = 5  # consecutive non-finite losses skipped before the run aborts
+
+
+@dataclass
+class EngineConfig:
+    """DeepSpeed settings. See rqscale/engine/ds_config.py for how each maps onto DeepSpeed's config."""
+
+    zero_stage: int = -1  # -1: the stage's default (3 for stage 2; 1 for stage 1, see validate.py)
+    precision: str = "bf16"  # bf16 | fp32
+    offload_optimizer: str = "none"  # none | cpu | nvme
+    offload_params: str = "none"  # none | cpu | nvme (ZeRO-3 only)
+    nvme_path: str = "/local_nvme"
+
+
+@dataclass
+class CheckpointConfig:
+    every_steps: int = 1000  # and always at the end
+    keep: int = 3  # complete checkpoints kept in storage
 
 
 @dataclass
@@ -151,3 +174,5 @@ class Config:
     stage2: Stage2Config = field(default_factory=Stage2Config)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -15,6 +15,8 @@ SCHEDULES = ("constant", "cosine")
 DISC_LOSSES = ("hinge", "vanilla")
 GEN_LOSSES = ("vanilla", "hinge")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("bf16", "fp32")
+OFFLOADS = ("none", "cpu", "nvme")
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's published VGG-16 weights
 
 
@@ -23,6 +25,7 @@ def validate(cfg: Config, check_files: bool = True) -> None:
     _check_choices(cfg)
     _check_ranges(cfg)
     _check_batch(cfg)
+    _check_engine(cfg)
     _check_code_shape(cfg)
     _check_stage2(cfg)
     if check_files:
@@ -116,6 +119,64 @@ def _check_batch(cfg: Config) -> None:
             f"global_batch {t.global_batch} != micro_batch {t.micro_batch} x grad_accum {t.grad_accum} x num_workers {t.num_workers} = {product}",
             "change train.micro_batch, train.grad_accum or train.num_workers so that their product equals train.global_batch",
         )
+    if t.min_workers > t.num_workers:
+        raise ConfigError("train.min_workers", f"{t.min_workers} > train.num_workers {t.num_workers}",
+                          "set train.min_workers <= train.num_workers (num_workers is the elastic maximum)")
+    for world in range(t.min_workers or t.num_workers, t.num_workers + 1):  # every size Ray may pick
+        batch_plan(cfg, world)
+
+
+def batch_plan(cfg: Config, world: int) -> tuple:
+    """(micro_batch, grad_accum) for `world` ranks at the config's fixed global batch.
+
+    Stage 2 keeps the micro-batch and changes the accumulation. Stage 1 keeps accumulation 1 and
+    changes the micro-batch, so its codebook EMA, all-reduced over ranks, still sees exactly one
+    global batch per update whatever the world size.
+    """
+    t = cfg.train
+    if cfg.stage == "stage1":
+        if t.global_batch % world:
+            raise ConfigError("train.min_workers", f"stage 1 splits global_batch {t.global_batch} over {world} workers, which does not divide it",
+                              "choose train.min_workers..train.num_workers among the divisors of train.global_batch")
+        return t.global_batch // world, 1
+    if t.global_batch % (t.micro_batch * world):
+        raise ConfigError("train.min_workers", f"global_batch {t.global_batch} is not micro_batch {t.micro_batch} x grad_accum x {world} workers for any whole grad_accum",
+                          "choose train.min_workers..train.num_workers so that micro_batch x workers divides global_batch")
+    return t.micro_batch, t.global_batch // (t.micro_batch * world)
+
+
+def zero_stage(cfg: Config) -> int:
+    """The configured ZeRO stage, or the stage's default: 3 for the RQ-Transformer (the design
+    card), 1 for the RQ-VAE (see _check_engine)."""
+    if cfg.engine.zero_stage >= 0:
+        return cfg.engine.zero_stage
+    return 3 if cfg.stage == "stage2" else 1
+
+
+def _check_engine(cfg: Config) -> None:
+    e, t = cfg.engine, cfg.train
+    _choice("engine.precision", e.precision, PRECISIONS)
+    _choice("engine.offload_optimizer", e.offload_optimizer, OFFLOADS)
+    _choice("engine.offload_params", e.offload_params, OFFLOADS)
+    if e.zero_stage not in (-1, 0, 1, 2, 3):
+        raise ConfigError("engine.zero_stage", f"{e.zero_stage} is not a ZeRO stage", "set engine.zero_stage to 0, 1, 2 or 3 (or -1 for the default)")
+    stage = zero_stage(cfg)
+    if cfg.stage == "stage1" and stage > 1:
+        # Stage 1 needs whole parameters and gradients on every rank: the adaptive GAN weight takes
+        # autograd.grad of two losses w.r.t. the decoder's last conv (VQGAN), which ZeRO-2's gradient
+        # hooks and ZeRO-3's partitioned weights break. The 104M RQ-VAE fits anyway; ZeRO-1 still
+        # shards Adam's moments.
+        raise ConfigError("engine.zero_stage", f"ZeRO-{stage} cannot train stage 1 (the adaptive GAN weight needs whole decoder weights and gradients)",
+                          "use engine.zero_stage=1 (or 0) for stage 1")
+    if e.offload_params != "none" and stage != 3:
+        raise ConfigError("engine.offload_params", f"parameter offload needs ZeRO-3, not ZeRO-{stage}", "set engine.zero_stage=3 or engine.offload_params=none")
+    if e.offload_optimizer != "none" and stage == 0:
+        raise ConfigError("engine.offload_optimizer", "optimizer offload needs ZeRO-1 or higher", "set engine.zero_stage >= 1 or engine.offload_optimizer=none")
+    for key in ("max_failures", "min_workers", "max_nonfinite_steps", "picture_every"):
+        _positive(f"train.{key}", getattr(t, key), strict=False)
+    for key, value in (("train.cpus_per_worker", t.cpus_per_worker), ("train.peak_tflops", t.peak_tflops),
+                       ("checkpoint.every_steps", cfg.checkpoint.every_steps), ("checkpoint.keep", cfg.checkpoint.keep)):
+        _positive(key, value)
 
 
 def _check_code_shape(cfg: Config) -> None:

@@ -60,3 +60,64 @@ def eval_images(cfg: Config) -> torch.Tensor:
         if sum(len(x) for x in images) >= EVAL_SIZE:
             break
     return torch.cat(images)[:EVAL_SIZE]
+
+
+class RankBatches:
+    """This rank's share of each global batch, as `grad_accum` micro-batches per optimizer step.
+
+    Resumable: state_dict() after step s restarts at step s + 1 with exactly the data an uninterrupted
+    run would see, for any world size dividing the global batch (the shard reader's global order;
+    the bundled set's per-epoch permutation). Short final global batches of an epoch are dropped so
+    that every step has the full global batch.
+    """
+
+    def __init__(self, cfg: Config, rank: int, world_size: int, grad_accum: int):
+        self.cfg, self.rank, self.world_size, self.grad_accum = cfg, rank, world_size, grad_accum
+        self.step = 0  # bundled data: global batches consumed
+        self._bundled = bundled_split(cfg)[:2] if cfg.data.kind == "bundled" else None
+        self._loader = None if self._bundled else ResumableLoader(
+            load_shards(cfg.data.shards), cfg.train.global_batch, rank, world_size, cfg.run.seed, cfg.rqvae.resolution,
+            cfg.data.loader_workers, cfg.data.max_bad_samples, train=True, drop_last=True)
+        self._epoch_iter = None
+
+    def state_dict(self) -> dict:
+        return {"bundled_step": self.step} if self._bundled else {"reader": self._loader.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self._bundled:
+            self.step = state["bundled_step"]
+        else:
+            self._loader.load_state_dict(state["reader"])
+            self._epoch_iter = None
+
+    def next_step(self) -> list:
+        """The micro-batches of the next optimizer step: [{"images" or "latents", "cond"}, ...]."""
+        batch = self._next_bundled() if self._bundled else self._next_shard_batch()
+        field = "latents" if "latents" in batch else "images"
+        if len(batch[field]) < self.grad_accum:
+            raise RuntimeError(f"rank {self.rank} got {len(batch[field])} readable samples for {self.grad_accum} micro-batches")
+        parts = [torch.tensor_split(batch[k], self.grad_accum) for k in (field, "cond")]
+        return [{field: x, "cond": y} for x, y in zip(*parts)]
+
+    def _next_bundled(self) -> dict:
+        images, labels = self._bundled
+        stream = batches(images, labels, self.cfg.train.global_batch, self.cfg.run.seed, start_step=self.step,
+                         flip=self.cfg.data.bundled_set == "photos")
+        x, y = next(stream)
+        self.step += 1
+        per_rank = x.shape[0] // self.world_size
+        part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+        return {"images": x[part], "cond": y[part]}
+
+    def _next_shard_batch(self) -> dict:
+        while True:
+            if self._epoch_iter is None:
+                self._epoch_iter = self._loader.epoch_batches()
+            batch = next(self._epoch_iter, None)
+            if batch is not None:
+                break
+            self._epoch_iter = None  # epoch finished: the loader moved to the next one
+        n = len(batch["keys"])
+        if "latents" in batch:
+            return {"latents": batch["latents"], "cond": batch.get("cond", torch.full((n,), -1))}
+        return {"images": to_unit_range(batch["images"]), "cond": batch.get("cond", torch.full((n,), -1))}

@@ -20,7 +20,7 @@ import posixpath
 import tarfile
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -116,16 +116,20 @@ class ShardReader(IterableDataset):
     {"batch": g, "samples": [decoded...], "bad": unreadable samples skipped}."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, epoch: int,
-                 resolution: int, train: bool = True, start_batch: int = 0):
+                 resolution: int, train: bool = True, start_batch: int = 0, drop_last: bool = False):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks")
         self.order = EpochOrder(shards, seed, epoch)
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.seed, self.epoch, self.resolution, self.train = seed, epoch, resolution, train
-        self.start_batch = start_batch
+        self.start_batch, self.drop_last = start_batch, drop_last
 
     @property
     def num_batches(self) -> int:
+        """Global batches this epoch; with drop_last the short final one is left out, so every rank
+        of every step gets its full share (training keeps the global batch exact)."""
+        if self.drop_last:
+            return self.order.total // self.global_batch
         return -(-self.order.total // self.global_batch)
 
     def rank_slice(self, g: int) -> tuple:
@@ -172,7 +176,8 @@ class ResumableLoader:
     Batches: {"keys", "images" (uint8, B x 3 x R x R) or "latents" (float), "cond"?, "txt"?}."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, resolution: int,
-                 loader_workers: int = 0, max_bad_samples: int = 0, train: bool = True):
+                 loader_workers: int = 0, max_bad_samples: int = 0, train: bool = True, drop_last: bool = False):
+        self.drop_last = drop_last
         self.shards, self.global_batch, self.rank, self.world_size = shards, global_batch, rank, world_size
         self.seed, self.resolution, self.loader_workers, self.train = seed, resolution, loader_workers, train
         self.max_bad_samples = max_bad_samples
@@ -188,7 +193,7 @@ class ResumableLoader:
 
     def _reader(self) -> ShardReader:
         return ShardReader(self.shards, self.global_batch, self.rank, self.world_size, self.seed, self.epoch,
-                           self.resolution, self.train, start_batch=self.next_batch)
+                           self.resolution, self.train, start_batch=self.next_batch, drop_last=self.drop_last)
 
     def epoch_batches(self):
         """The rest of the current epoch, as collated batches; the state advances with each one."""

@@ -11,18 +11,20 @@ so the spatial sequence has L + T - 1 = 95 tokens, and a text head predicts the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
 
 from rqscale.config.schema import RQTransformerConfig
-from rqscale.models.transformer import CausalTransformer, KVCache
+from rqscale.models.transformer import CausalTransformer, Dropout, KVCache
 
 
-@dataclass
-class RQTransformerOutput:
+class RQTransformerOutput(NamedTuple):
+    """A NamedTuple, not a dataclass: ZeRO-3 finds the tensors of a module's output to hook the
+    re-gathering of its parameters for backward, and it looks inside tuples but not dataclasses."""
+
     logits: torch.Tensor  # (B, T, D, K)
     text_logits: Optional[torch.Tensor] = None  # (B, L-1, V): token i predicts token i+1
 
@@ -44,7 +46,7 @@ class RQTransformer(nn.Module):
         self.pos_spatial = nn.Parameter(torch.zeros(self.positions, ne))  # PE_T
         self.pos_depth = nn.Parameter(torch.zeros(self.depth_codes, ne))  # PE_D
         self._build_condition(cfg, ne)
-        self.drop = nn.Dropout(cfg.embd_dropout)
+        self.drop = Dropout(cfg.embd_dropout)
         stack = dict(dim=ne, heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, attn_dropout=cfg.attn_dropout, resid_dropout=cfg.resid_dropout)
         # No closing LayerNorm on either stack (ref): h_t enters Eq. 12 as is; the head has its own LN.
         self.spatial = CausalTransformer(layers=cfg.spatial_layers, final_norm=False, **stack)
@@ -85,14 +87,15 @@ class RQTransformer(nn.Module):
     def code_tokens(self, codes: torch.Tensor, first_position: int) -> torch.Tensor:
         """Linear(sum_d e(S_t,d)) + PE_T(t + 1) for codes (B, n, D) at positions first..first+n-1."""
         n = codes.shape[1]
-        summed = self.codebook[codes].sum(dim=-2)
+        # The codebook buffer stays fp32 (a frozen copy of stage 1's); cast the sum to the weights' dtype.
+        summed = self.codebook[codes].sum(dim=-2).to(self.pos_spatial.dtype)
         return self.spatial_proj(summed) + self.pos_spatial[first_position + 1 : first_position + 1 + n]
 
     def depth_tokens(self, context: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
         """[h + PE_D(1), Linear(e_1) + PE_D(2), Linear(e_1 + e_2) + PE_D(3), ...] for codes (N, d)."""
         tokens = [context.unsqueeze(1)]
         if codes.shape[1] > 0:
-            cumulative = self.codebook[codes].cumsum(dim=1)  # partial sums z^(d), Eq. 12
+            cumulative = self.codebook[codes].cumsum(dim=1).to(self.pos_depth.dtype)  # partial sums z^(d), Eq. 12
             tokens.append(self.depth_proj(cumulative))
         x = torch.cat(tokens, dim=1)
         return x + self.pos_depth[: x.shape[1]]

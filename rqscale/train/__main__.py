@@ -1,7 +1,7 @@
-"""`python -m rqscale.train CONFIG [key=value ...]`: validate the config, then train.
+"""`python -m rqscale.train CONFIG [key=value ...]`: validate the config, then train on Ray Train.
 
-A bad config prints one line naming the key and the fix, and exits with status 2 before any model
-is built.
+A bad config prints one line naming the key and the fix, and exits with status 2 before Ray or any
+worker starts. A deterministic error inside a worker stops the run at once (status 1), without retries.
 """
 from __future__ import annotations
 
@@ -36,15 +36,23 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"rqscale: config error: {exc}", file=sys.stderr)
         return 2
-    from rqscale.train.loop import check_runnable, run, run_dir_of  # heavy imports only after validation
+    from rqscale.launch.trainer import FatalRunError, launch  # heavy imports only after validation
+    from rqscale.train.loop import check_runnable, run_dir_of
 
     try:
         check_runnable(cfg)
     except ConfigError as exc:
         print(f"rqscale: config error: {exc}", file=sys.stderr)
         return 2
-    print(f"rqscale: training {cfg.stage} '{cfg.run.name}' -> {run_dir_of(cfg)}", flush=True)
-    summary = run(cfg, log=lambda line: print(line, flush=True))
+    print(f"rqscale: training {cfg.stage} '{cfg.run.name}' on {cfg.train.num_workers} Ray workers -> {run_dir_of(cfg)}", flush=True)
+    try:
+        summary = launch(cfg, log=lambda line: print(line, flush=True))
+    except FatalRunError as exc:
+        print(f"rqscale: error (not retried): {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # Ray's TrainingFailedError after train.max_failures restarts, and the like
+        print(f"rqscale: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     for line in describe(summary):
         print(f"rqscale: {line}")
     return 0

@@ -1,19 +1,16 @@
-"""Stage 2: one optimisation step (AdamW on the RQ-Transformer, the RQ-VAE frozen; A.3) and the run."""
+"""Stage 2 in plain PyTorch: the reference step (AdamW on the RQ-Transformer, the RQ-VAE frozen; A.3)
+that the DeepSpeed path (stage2_engine.py) is tested and benchmarked against, and shared helpers."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import torch
 from torch import nn
 
 from rqscale.config import Config, ConfigError
-from rqscale.data.pipeline import micro_batches
 from rqscale.models import RQVAE
 from rqscale.sampling import SamplingParams, sample_codes
-from rqscale.sampling.checkpoint import save_consolidated
 from rqscale.tasks import Stage2Task
-from rqscale.train.loop import train_steps
 from rqscale.train.metrics import accumulate
 from rqscale.train.optim import build_optimizer, build_scheduler
 from rqscale.train.stage1 import load_init_weights
@@ -62,31 +59,12 @@ def load_rqvae(cfg: Config) -> RQVAE:
     return model
 
 
-def _class_labels(cfg: Config, labels: torch.Tensor) -> torch.Tensor:
+def check_class_labels(cfg: Config, labels: torch.Tensor) -> torch.Tensor:
     m = cfg.stage2.model
     if m.condition == "class" and (int(labels.max()) >= m.num_classes or int(labels.min()) < 0):
         raise ConfigError("stage2.model.num_classes", f"the data has labels {int(labels.min())}..{int(labels.max())} "
                           f"but the model has classes 0..{m.num_classes - 1}", "use labelled shards and set stage2.model.num_classes to their class count")
     return labels
-
-
-def run_stage2(cfg: Config, out_dir: str, device: torch.device, log) -> dict:
-    task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
-    trainer = Stage2Trainer(task, cfg)
-    stream = ({k: (_class_labels(cfg, v) if k == "cond" else v).to(device) for k, v in b.items()} for b in micro_batches(cfg))
-    depth = cfg.rqvae.code_shape[2]
-    history = train_steps(cfg, trainer.step, stream, out_dir, log, ("image", "depth1", f"depth{depth}", "lr"))
-    checkpoint = save_consolidated(os.path.join(out_dir, "rqtransformer.pt"), cfg, task.rqvae, task.model)
-    picture = sample_picture(task, os.path.join(out_dir, "samples.png"), seed=cfg.run.seed)
-    return {
-        "stage": "stage2",
-        "steps": cfg.train.max_steps,
-        "loss_first_step": history[0]["image"],
-        "loss_last_step": history[-1]["image"],
-        "loss_by_depth_last_step": [history[-1][f"depth{d + 1}"] for d in range(depth)],
-        "checkpoint": checkpoint,
-        "picture": picture,
-    }
 
 
 @torch.no_grad()

@@ -132,3 +132,30 @@ def test_config_files_hold_only_differences(path):
     written = OmegaConf.to_container(OmegaConf.load(path))
     for key, value in _leaves(written):
         assert OmegaConf.select(OmegaConf.create(defaults), key) != value, f"{path}: {key} repeats the schema default"
+
+
+@pytest.mark.parametrize("overrides, key, words", [
+    (["engine.zero_stage=3"], "engine.zero_stage", "adaptive GAN weight"),
+    (["engine.zero_stage=5"], "engine.zero_stage", "not a ZeRO stage"),
+    (["engine.precision=fp16"], "engine.precision", "one of bf16, fp32"),
+    (["engine.offload_params=cpu"], "engine.offload_params", "needs ZeRO-3"),
+    (["train.num_workers=2", "train.micro_batch=8", "train.min_workers=3"], "train.min_workers", "<= train.num_workers"),
+    (["train.num_workers=4", "train.micro_batch=4", "train.min_workers=3"], "train.min_workers", "3 workers"),
+    (["checkpoint.keep=0"], "checkpoint.keep", "> 0"),
+])
+def test_engine_and_scaling_errors_name_the_key(overrides, key, words):
+    with pytest.raises(ConfigError) as err:
+        load(DEBUG, overrides)
+    assert err.value.key == key and words in str(err.value)
+
+
+def test_batch_plan_keeps_the_global_batch_under_resizes():
+    from rqscale.config.validate import batch_plan, zero_stage
+    from tests.conftest import DEBUG_STAGE2
+
+    stage2 = load(DEBUG_STAGE2, ["train.num_workers=2", "train.micro_batch=8", "train.global_batch=32", "train.grad_accum=2",
+                                 "train.min_workers=1", "stage2.rqvae_checkpoint=null"], check_files=False)
+    assert [batch_plan(stage2, w) for w in (1, 2, 4)] == [(8, 4), (8, 2), (8, 1)]
+    stage1 = load(DEBUG, ["train.num_workers=2", "train.micro_batch=8"])
+    assert [batch_plan(stage1, w) for w in (1, 2)] == [(16, 1), (8, 1)]  # stage 1: accumulation stays 1
+    assert zero_stage(stage2) == 3 and zero_stage(stage1) == 1

@@ -1,0 +1,132 @@
+"""DeepSpeed engines and their checkpoint files.
+
+- `EngineModule` is what an engine wraps: the trainable network as its only submodule, and the
+  task's loss function called in `forward`. Frozen helpers the loss needs (stage 2's RQ-VAE, LPIPS)
+  stay outside the module tree, so ZeRO-3 never partitions or converts them.
+- Checkpoints are DeepSpeed's own per-rank files under <dir>/<tag>/. A checkpoint written by a
+  different number of ranks is turned into a universal checkpoint (`to_universal`) and loaded with
+  `checkpoint.load_universal` (DESIGN.md: measured to work for 2 -> 1 ranks).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+# DeepSpeed picks its accelerator when first imported; without a GPU it must be told "cpu"
+# (DESIGN.md), and its collectives then run on gloo.
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+
+import deepspeed  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+UNIVERSAL_SUFFIX = "_universal"
+
+
+class EngineModule(nn.Module):
+    """`net` is trained; `objective(*args)` (a task method that calls `net`) gives the losses."""
+
+    def __init__(self, net: nn.Module, objective: Callable):
+        super().__init__()
+        self.net = net
+        object.__setattr__(self, "objective", objective)  # a bound method of the task: not a submodule
+
+    def forward(self, *args, **kwargs):
+        return self.objective(*args, **kwargs)
+
+
+def init_distributed() -> None:
+    """Join the process group Ray Train made, or make a one-rank group for an in-process run."""
+    if dist.is_initialized():
+        return
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def build_engine(module: EngineModule, param_groups: list, optimizer: torch.optim.Optimizer, scheduler,
+                 config: dict, universal: bool = False):
+    """deepspeed.initialize with a client optimizer and LR scheduler; `universal` loads universal checkpoints."""
+    config = dict(config)
+    if universal:
+        config["checkpoint"] = {"load_universal": True}
+    engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=param_groups,
+                                           lr_scheduler=scheduler, config=config, dist_init_required=False)
+    return engine
+
+
+def save_engine_checkpoint(engine, directory: str, tag: str) -> None:
+    """Every rank writes its shard of `tag` under `directory` (a collective)."""
+    engine.save_checkpoint(directory, tag=tag, client_state={}, save_latest=False)
+
+
+def load_engine_checkpoint(engine, directory: str, tag: str, weight_decays: list) -> None:
+    """Load `tag`; then set each param group's lr from the restored schedule and its own weight decay.
+
+    Why: a universal checkpoint's loader copies param group 0's hyperparameters into every group,
+    which gives no-decay groups (biases, norms, embeddings) weight decay, and it hands every
+    parameter group the *same* Adam step tensor, which torch's Adam then increments once per group
+    per step, corrupting the bias correction (measured: a 2->1 resume drifted 3.5e-5 from the
+    2-rank run in two steps until each group got its own counter).
+    """
+    path, _ = engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
+    if path is None:
+        raise FileNotFoundError(f"DeepSpeed found no checkpoint '{tag}' under {directory}")
+    groups = engine.optimizer.param_groups
+    for group, lr, decay in zip(groups, engine.lr_scheduler.get_last_lr(), weight_decays):
+        group["lr"], group["weight_decay"] = lr, decay
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for state in inner.state.values():
+        if torch.is_tensor(state.get("step")):
+            state["step"] = state["step"].clone()  # one counter per parameter, see above
+
+
+def to_universal(directory: str, tag: str) -> str:
+    """Convert <directory>/<tag> (any number of ranks) into <directory>/<tag>_universal; return that tag."""
+    out_tag = tag + UNIVERSAL_SUFFIX
+    cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", os.path.join(directory, tag),
+           "--output_folder", os.path.join(directory, out_tag), "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
+    if done.returncode != 0:
+        raise RuntimeError(f"universal checkpoint conversion of {directory}/{tag} failed:\n{done.stderr[-3000:]}")
+    return out_tag
+
+
+def consolidated_state_dict(engine) -> Optional[dict]:
+    """Whole weights of engine.module.net on rank 0 (None elsewhere); a collective under ZeRO-3.
+
+    In the training precision (bf16 weights under bf16); exact fp32 weights come from a saved
+    checkpoint through `fp32_state_dict_from_checkpoint`."""
+    if engine.zero_optimization_partition_weights():
+        state = engine._zero3_consolidated_16bit_state_dict()
+    else:
+        state = engine.module.state_dict() if dist.get_rank() == 0 else None
+    return None if state is None else _strip(state, "net.")
+
+
+def fp32_state_dict_from_checkpoint(directory: str, tag: str) -> dict:
+    """fp32 weights (and buffers) of `net` from DeepSpeed checkpoint files, any ZeRO stage >= 1."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    state = get_fp32_state_dict_from_zero_checkpoint(directory, tag=tag)
+    return _strip(state, "net.")
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+            for k, v in state.items()}

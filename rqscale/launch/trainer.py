@@ -1,0 +1,196 @@
+"""`python -m rqscale.train` on Ray Train V2: a TorchTrainer whose workers run rqscale.train.worker.
+
+- Joins the cluster this process runs on (`ray job submit` sets RAY_ADDRESS) or starts a private
+  local Ray sized for the workers.
+- ScalingConfig from train.num_workers (train.min_workers > 0: an elastic (min, max) range), GPU when
+  the cluster has one, CPU and gloo otherwise.
+- RunConfig: storage = run.output_dir (a directory or s3://; S3 through the same fsspec client the
+  data readers use), name = run.name, FailureConfig(train.max_failures), checkpoints kept =
+  checkpoint.keep. Resubmitting the same name resumes from its newest complete checkpoint.
+- Deterministic errors inside a worker (bad data, labels the config cannot hold, repeated
+  non-finite losses, a missing file) are written to <run>/rqscale_fatal.json; the driver watches for it
+  and stops at once instead of letting Ray retry a run that cannot succeed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from typing import Callable, Optional
+
+from rqscale.config import Config, from_yaml_text, to_yaml
+from rqscale.data.storage import filesystem, is_s3, join, read_bytes, write_bytes_atomic
+
+FATAL = "rqscale_fatal.json"
+FATAL_POLL_S, FATAL_GRACE_S = 1.0, 15.0  # the driver checks every second; a failing worker waits 15 s
+# Passed to workers on a cluster (a local Ray's workers inherit the whole environment anyway).
+# Never credentials: on a cluster those come from the nodes' instance role.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "RQSCALE_RUNS", "RQSCALE_FAULT_KILL_AT_STEP")
+
+
+class FatalRunError(RuntimeError):
+    """A worker hit an error that retrying cannot fix; the message is the worker's."""
+
+
+def _deterministic_errors() -> tuple:
+    from rqscale.config import ConfigError
+    from rqscale.data.reader import BadDataError
+    from rqscale.train.telemetry import NonFiniteLossError
+
+    return ConfigError, BadDataError, NonFiniteLossError, FileNotFoundError
+
+
+class RaySession:
+    """rqscale.train.session.Session on Ray Train: reports and checkpoint uploads go through Ray."""
+
+    def report(self, metrics: dict, checkpoint_dir: Optional[str], step: int) -> None:
+        import ray.train
+        from rqscale.train.checkpoint import checkpoint_name
+
+        clean = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        if checkpoint_dir is None:
+            ray.train.report(clean)
+            return
+        ray.train.report(clean, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir),
+                         checkpoint_dir_name=checkpoint_name(step))
+
+    def after_complete(self) -> None:
+        return None  # Ray keeps checkpoint.keep checkpoints itself
+
+
+def _write_line(line: str) -> None:
+    """Straight to stdout: Ray Train patches a worker's print() into its logging, which echoes each
+    line twice on the driver."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def _quiet_worker_logs() -> None:
+    """rqscale prints its own progress line; Ray Train's per-report INFO lines and the deprecation
+    warnings DeepSpeed triggers in torch.distributed would bury it, and nobody can act on them."""
+    import logging
+    import warnings
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
+
+
+def train_fn(loop_config: dict) -> None:
+    """What every Ray Train worker runs."""
+    from rqscale.train.worker import Worker, run_uri_of
+
+    cfg = from_yaml_text(loop_config["config_yaml"])
+    _quiet_worker_logs()
+    try:
+        Worker(cfg, RaySession(), log=_write_line).run()
+    except _deterministic_errors() as exc:
+        marker = {"submission": loop_config["submission"], "error": f"{type(exc).__name__}: {exc}"}
+        write_bytes_atomic(join(run_uri_of(cfg), FATAL), json.dumps(marker).encode())
+        time.sleep(FATAL_GRACE_S)  # the driver stops the run before Ray would restart the group
+        raise
+
+
+# ---- the driver --------------------------------------------------------------------------------
+
+def _init_ray(cfg: Config) -> bool:
+    """Connect to the surrounding cluster, or start a private one; True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        return False
+    cpus = max(os.cpu_count() or 1, cfg.train.num_workers * cfg.train.cpus_per_worker)
+    # The dashboard (loopback only) serves the state API that Ray Train's placement-group cleaner polls;
+    # without it every poll logs a warning.
+    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, runtime_env={"env_vars": env})
+    return True
+
+
+def _storage(cfg: Config) -> tuple:
+    """(storage_path, storage_filesystem) for Ray: S3 through rqscale's own fsspec client."""
+    if not is_s3(cfg.run.output_dir):
+        return os.path.abspath(cfg.run.output_dir), None
+    import pyarrow.fs
+
+    handler = pyarrow.fs.FSSpecHandler(filesystem(cfg.run.output_dir))
+    return cfg.run.output_dir[len("s3://"):].rstrip("/"), pyarrow.fs.PyFileSystem(handler)
+
+
+def build_trainer(cfg: Config, submission: str):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = cfg.train
+    gpu = t.device == "cuda" or (t.device == "auto" and _cluster_has_gpus())
+    workers = (t.min_workers, t.num_workers) if t.min_workers else t.num_workers
+    path, fs = _storage(cfg)
+    return TorchTrainer(
+        train_fn,
+        train_loop_config={"config_yaml": to_yaml(cfg), "submission": submission},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(name=cfg.run.name, storage_path=path, storage_filesystem=fs,
+                             failure_config=FailureConfig(max_failures=t.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+    )
+
+
+def _cluster_has_gpus() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def _fatal(cfg: Config, submission: str) -> Optional[str]:
+    url = join(join(cfg.run.output_dir, cfg.run.name), FATAL)
+    try:
+        marker = json.loads(read_bytes(url))
+    except (FileNotFoundError, OSError, ValueError):
+        return None
+    return marker["error"] if marker.get("submission") == submission else None
+
+
+def launch(cfg: Config, log: Callable[[str], None] = print) -> dict:
+    """Run the training job on Ray Train; return rank 0's summary. Raises FatalRunError at once
+    when a worker reports a deterministic error."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # Train V2 (DESIGN.md): elastic scaling, restarts
+    import ray
+
+    started = _init_ray(cfg)
+    submission = uuid.uuid4().hex
+    outcome: dict = {}
+    thread = threading.Thread(target=_fit, args=(build_trainer(cfg, submission), outcome), daemon=True)
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(timeout=FATAL_POLL_S)
+            error = _fatal(cfg, submission)
+            if error:
+                raise FatalRunError(error)
+        if "error" in outcome:
+            raise outcome["error"]
+        return _read_summary(cfg)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _fit(trainer, outcome: dict) -> None:
+    try:
+        outcome["result"] = trainer.fit()
+    except BaseException as exc:  # handed to the main thread, which raises it
+        outcome["error"] = exc
+
+
+def _read_summary(cfg: Config) -> dict:
+    from rqscale.train.worker import log_dir_of, run_uri_of
+
+    local = os.path.join(log_dir_of(cfg), "summary.json")
+    url = local if os.path.exists(local) else join(join(run_uri_of(cfg), "logs"), "summary.json")
+    return json.loads(read_bytes(url))

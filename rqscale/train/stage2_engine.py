@@ -1,0 +1,75 @@
+"""Stage 2 under DeepSpeed: the RQ-Transformer in one engine (ZeRO-3 by default), the RQ-VAE frozen
+beside it, outside the engine, so ZeRO never partitions or converts it."""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import torch
+
+from rqscale.config import Config
+from rqscale.engine import EngineModule, build_engine, consolidated_state_dict, deepspeed_config, fp32_state_dict_from_checkpoint
+from rqscale.engine import load_engine_checkpoint, save_engine_checkpoint
+from rqscale.models import RQTransformer
+from rqscale.sampling.checkpoint import save_consolidated
+from rqscale.tasks import Stage2Task
+from rqscale.train.engine_step import engine_step
+from rqscale.train.optim import build_optimizer, build_scheduler
+from rqscale.train.stage2 import check_class_labels, decay_groups, load_rqvae, sample_picture
+
+ENGINE_TAG = "engine"
+
+
+class Stage2Engines:
+    tags = (ENGINE_TAG,)
+
+    def __init__(self, cfg: Config, world_size: int, device: torch.device, universal: bool = False):
+        self.cfg = cfg
+        self.task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
+        o = cfg.stage2.optim
+        groups = decay_groups(self.task.model, o.weight_decay)
+        optimizer = build_optimizer(groups, o)
+        scheduler = build_scheduler(optimizer, o, cfg.train.max_steps)
+        config = deepspeed_config(cfg, world_size, o.grad_clip)
+        self.engine = build_engine(EngineModule(self.task.model, self.task.losses), groups, optimizer, scheduler, config, universal)
+        self.scheduler = scheduler
+        self.weight_decays = [g["weight_decay"] for g in groups]
+
+    def step(self, micro_batches: Sequence[dict], step: int) -> tuple:
+        """(metrics, finite): one optimizer step over this rank's micro-batches."""
+        self.task.train()
+        for batch in micro_batches:
+            check_class_labels(self.cfg, batch["cond"])
+        metrics: dict = {}
+        finite = engine_step(self.engine, micro_batches, self.engine, metrics)
+        metrics["loss"] = metrics["total"]
+        metrics["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        return metrics, finite
+
+    def save(self, directory: str) -> None:
+        save_engine_checkpoint(self.engine, directory, ENGINE_TAG)
+
+    def load(self, directory: str, tags: dict) -> None:
+        load_engine_checkpoint(self.engine, directory, tags[ENGINE_TAG], self.weight_decays)
+
+    def export(self, checkpoint_dir: str, out_dir: str) -> str:
+        """Rank 0: the consolidated fp32 rqtransformer.pt that rqscale.sample reads."""
+        model = plain_model(self.cfg, fp32_state_dict_from_checkpoint(checkpoint_dir, ENGINE_TAG))
+        return save_consolidated(os.path.join(out_dir, "rqtransformer.pt"), self.cfg, self.task.rqvae, model)
+
+    def picture(self, path: str) -> Optional[str]:
+        """A collective under ZeRO-3 (gathering the weights); rank 0 samples and writes the grid."""
+        state = consolidated_state_dict(self.engine)
+        if state is None:
+            return None
+        task = Stage2Task(self.cfg, self.task.rqvae)
+        task.model.load_state_dict(state)
+        return sample_picture(task.to(next(self.task.rqvae.parameters()).device), path, seed=self.cfg.run.seed)
+
+
+def plain_model(cfg: Config, state: dict) -> RQTransformer:
+    r = cfg.rqvae
+    model = RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
+    model.load_state_dict(state)
+    return model

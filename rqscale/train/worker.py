@@ -1,0 +1,292 @@
+"""The training loop every rank runs, under Ray Train or in one process: no Ray imports here.
+
+    resume (newest complete checkpoint in storage; universal conversion if the world size changed)
+    -> for each step: this rank's micro-batches -> engine step (non-finite losses skipped)
+       -> telemetry on rank 0 -> every checkpoint.every_steps and at the end: checkpoint
+    -> rank 0: consolidated fp32 weights, a picture, summary.json
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+
+from rqscale.config import Config, save_resolved
+from rqscale.config.validate import batch_plan
+from rqscale.data.pipeline import RankBatches
+from rqscale.data.storage import is_s3, join
+from rqscale.engine import init_distributed, to_universal
+from rqscale.train import checkpoint as ckpt
+from rqscale.train.flops import stage1_flops, stage2_flops, tokens_per_sample
+from rqscale.train.session import Session
+from rqscale.train.telemetry import NonFiniteGuard, Telemetry
+from rqscale.utils.memory import retain_freed_memory
+
+# Fault injection for the kill-and-resume tests and the recovery benchmark: "STEP:RANK" SIGKILLs
+# that rank's process when it reaches STEP, in an attempt that started from scratch.
+FAULT_ENV = "RQSCALE_FAULT_KILL_AT_STEP"
+PROGRESS_KEYS = {"stage1": ("g/recon", "g/commit", "g/lpips", "g/code_usage", "lr"),
+                 "stage2": ("loss", "depth1", "grad_norm", "lr")}
+
+
+def run_uri_of(cfg: Config) -> str:
+    return join(cfg.run.output_dir, cfg.run.name)
+
+
+def log_dir_of(cfg: Config) -> str:
+    """Where rank 0 writes metrics, TensorBoard events and pictures: the run itself when storage is
+    local; a local mirror (synced at checkpoints) when it is s3://."""
+    if is_s3(cfg.run.output_dir):
+        return os.path.join(os.environ.get("RQSCALE_RUNS", "runs"), cfg.run.name)
+    return run_uri_of(cfg)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _engines_class(cfg: Config):
+    if cfg.stage == "stage1":
+        from rqscale.train.stage1_engine import Stage1Engines
+        return Stage1Engines
+    from rqscale.train.stage2_engine import Stage2Engines
+    return Stage2Engines
+
+
+def _flops(cfg: Config) -> tuple:
+    if cfg.stage == "stage1":
+        return stage1_flops(cfg)["train"], 0
+    return stage2_flops(cfg)["train"], tokens_per_sample(cfg)
+
+
+# ---- resume ------------------------------------------------------------------------------------
+
+def _broadcast(value, src: int = 0):
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def _other_rank_shard(name: str, rank: int) -> bool:
+    """DeepSpeed's per-rank ZeRO files another rank needs, not this one."""
+    import re
+
+    m = re.search(r"zero_pp_rank_(\d+)_", name)
+    return m is not None and int(m.group(1)) != rank
+
+
+def find_restore(cfg: Config, tags: tuple, work: str, rank: int, world: int) -> Optional[dict]:
+    """Download what this rank needs of the newest complete checkpoint; convert to universal when it
+    was written by a different number of ranks. None for a fresh start."""
+    found = _broadcast(ckpt.latest_complete(run_uri_of(cfg)) if rank == 0 else None)
+    if found is None:
+        return None
+    url, marker = found
+    local = os.path.join(work, "restore")
+    if marker["world_size"] == world:
+        ckpt.download(url, local, skip=lambda name: _other_rank_shard(name, rank))
+        return {"step": marker["step"], "dir": local, "tags": {t: t for t in tags}, "universal": False}
+    if rank == 0:
+        ckpt.download(url, local)
+        for tag in tags:
+            ckpt.publish_dir(os.path.join(local, to_universal(local, tag)), join(url, tag + "_universal"))
+    dist.barrier()
+    if rank != 0:
+        ckpt.download(url, local, skip=lambda name: not (name.startswith(tuple(t + "_universal/" for t in tags)) or name.startswith("rank_")))
+    return {"step": marker["step"], "dir": local, "tags": {t: t + "_universal" for t in tags}, "universal": True}
+
+
+def _rank_state(restore: dict, rank: int) -> tuple:
+    """(this rank's saved state or None after a resize, rank 0's saved state)."""
+    return ckpt.load_rank_state(restore["dir"], rank), ckpt.load_rank_state(restore["dir"], 0)
+
+
+# ---- the loop ----------------------------------------------------------------------------------
+
+class Worker:
+    """One rank's training run. `run()` returns the summary on rank 0 (None elsewhere)."""
+
+    def __init__(self, cfg: Config, session: Session, log: Callable[[str], None] = print):
+        if resolve_device(cfg.train.device).type == "cpu":
+            retain_freed_memory()  # CPU steps otherwise page-fault every large tensor in afresh (bench train)
+        init_distributed()
+        self.cfg, self.session, self.log = cfg, session, log
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = resolve_device(cfg.train.device)
+        self.work = tempfile.mkdtemp(prefix=f"rqscale-{cfg.run.name}-r{self.rank}-")
+        self.log_dir = log_dir_of(cfg)
+        self.extra: dict = {}  # run facts that survive restarts (first loss, eval before training)
+
+    def run(self) -> Optional[dict]:
+        try:
+            return self._run()
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def _run(self) -> Optional[dict]:
+        cfg = self.cfg
+        engines_cls = _engines_class(cfg)
+        restore = find_restore(cfg, engines_cls.tags, self.work, self.rank, self.world)
+        if self.rank == 0:
+            self.log(f"rqscale: worker group started: {self.world} workers, " + (f"resuming step {restore['step']}" if restore else "fresh start"))
+        torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
+        self.engines = engines_cls(cfg, self.world, self.device, universal=bool(restore and restore["universal"]))
+        self.data = RankBatches(cfg, self.rank, self.world, batch_plan(cfg, self.world)[1])
+        self.guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
+        start = self._restore(restore) if restore else self._fresh_start()
+        self.telemetry = self._telemetry(start)
+        try:
+            self._loop(start, fresh=restore is None)
+            return self._finish()
+        finally:
+            self.telemetry.close()
+
+    def _fresh_start(self) -> int:
+        torch.manual_seed(self.cfg.run.seed * 1000 + self.rank + 1)  # per-rank streams: dropout, stochastic codes
+        if self.rank == 0:
+            os.makedirs(self.log_dir, exist_ok=True)
+            save_resolved(self.cfg, os.path.join(self.log_dir, "config.yaml"))
+            if self.cfg.stage == "stage1":
+                from rqscale.eval import coarse_to_fine
+                self.extra["eval_before"] = coarse_to_fine(self.engines.task.rqvae, self.engines.held_out_images())
+        return 0
+
+    def _restore(self, restore: dict) -> int:
+        self.engines.load(restore["dir"], restore["tags"])
+        own, first = _rank_state(restore, self.rank)
+        self.data.load_state_dict(first["data"])  # the reader's position is global; any rank's will do
+        self.guard.load_state_dict(first["guard"])
+        self.extra = first["extra"]
+        if own is not None:
+            ckpt.set_rng_state(own["rng"])
+        else:  # a rank that did not exist before the resize: a fresh stream keyed by the step
+            torch.manual_seed(self.cfg.run.seed * 1000 + self.rank + 1 + restore["step"])
+        if self.rank == 0:
+            self.log(f"resumed from step {restore['step']} ({'universal, ' if restore['universal'] else ''}{self.world} workers)")
+        return restore["step"]
+
+    def _telemetry(self, start: int) -> Telemetry:
+        flops, tokens = _flops(self.cfg)
+        t = self.cfg.train
+        return Telemetry(self.log_dir, enabled=self.rank == 0, world_size=self.world, flops_per_sample=flops,
+                         tokens_per_sample=tokens, peak_tflops=t.peak_tflops, log_every=t.log_every,
+                         keys=PROGRESS_KEYS[self.cfg.stage], log=self.log, resume_step=start or None)
+
+    def _loop(self, start: int, fresh: bool) -> None:
+        t, every = self.cfg.train, self.cfg.checkpoint.every_steps
+        for step in range(start, t.max_steps):
+            if fresh:
+                _maybe_inject_fault(step, self.rank, self.log_dir)
+            began = time.perf_counter()
+            micro = [{k: v.to(self.device) for k, v in b.items()} for b in self.data.next_step()]
+            metrics, finite = self.engines.step(micro, step)
+            metrics = mean_over_ranks(metrics)
+            self.guard.check(metrics["loss"] if finite else float("nan"), step)
+            metrics["skipped_steps"] = self.guard.skipped_total
+            metrics["wall_time"] = time.time()  # when the step ended: recovery time after a failure
+            self.extra.setdefault("first_loss", metrics["loss"])
+            self.extra.setdefault("first_recon", metrics.get("g/recon"))
+            self.extra["last"] = metrics
+            metrics = self.telemetry.step(step, metrics, samples=t.global_batch, seconds=time.perf_counter() - began)
+            done = step + 1
+            if done % every == 0 or done == t.max_steps:
+                self._checkpoint(done, metrics)
+            elif done % t.log_every == 0:  # a Ray report synchronises the workers: not every step
+                self.session.report(metrics, None, done)
+            if t.picture_every and done % t.picture_every == 0 and done != t.max_steps:
+                self._picture(done)
+
+    def _checkpoint(self, done: int, metrics: dict) -> None:
+        local = os.path.join(self.work, ckpt.checkpoint_name(done))
+        os.makedirs(local, exist_ok=True)
+        self.engines.save(local)
+        state = {"step": done, "world_size": self.world, "data": self.data.state_dict(), "rng": ckpt.rng_state(),
+                 "guard": self.guard.state_dict(), "extra": self.extra}
+        ckpt.save_rank_state(local, self.rank, state)
+        if self.rank == 0:
+            save_resolved(self.cfg, os.path.join(local, "config.yaml"))
+        self.session.report(metrics, local, done)
+        dist.barrier()  # every rank's files are in storage before the marker makes them loadable
+        if self.rank == 0:
+            ckpt.mark_complete(run_uri_of(self.cfg), done, self.world)
+            self.session.after_complete()
+            self._sync_logs()
+        dist.barrier()
+        shutil.rmtree(local, ignore_errors=True)
+
+    def _picture(self, done: int) -> None:
+        name = "reconstructions" if self.cfg.stage == "stage1" else "samples"
+        path = self.engines.picture(os.path.join(self.log_dir, "pictures", f"{name}_{done:08d}.png"))
+        if path is not None:
+            self.telemetry.image(name, path, done)
+
+    def _sync_logs(self) -> None:
+        if is_s3(self.cfg.run.output_dir):
+            self.telemetry.flush()
+            ckpt.publish_dir(self.log_dir, join(run_uri_of(self.cfg), "logs"))
+
+    def _finish(self) -> Optional[dict]:
+        """Rank 0: consolidated fp32 weights from the final checkpoint, the picture, summary.json."""
+        name = "reconstructions.png" if self.cfg.stage == "stage1" else "samples.png"
+        picture = self.engines.picture(os.path.join(self.log_dir, name)) if self.cfg.stage == "stage1" else None
+        if self.rank != 0:
+            return None
+        final = os.path.join(self.work, "final")
+        ckpt.download(join(run_uri_of(self.cfg), ckpt.checkpoint_name(self.cfg.train.max_steps)), final)
+        weights = self.engines.export(final, self.log_dir)
+        summary = self._summary(weights, picture)
+        with open(os.path.join(self.log_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        self._sync_logs()
+        return summary
+
+    def _summary(self, weights: str, picture: Optional[str]) -> dict:
+        last = self.extra.get("last", {})
+        common = {"stage": self.cfg.stage, "steps": self.cfg.train.max_steps, "workers": self.world,
+                  "weights": weights, "skipped_steps": self.guard.skipped_total, "loss_first_step": self.extra.get("first_loss"),
+                  "loss_last_step": last.get("loss")}
+        if self.cfg.stage == "stage1":
+            from rqscale.train.stage1_summary import stage1_summary
+            return {**common, **stage1_summary(self.engines, self.extra, picture)}
+        from rqscale.sampling.checkpoint import load_consolidated
+        from rqscale.tasks import Stage2Task
+        from rqscale.train.stage2 import sample_picture
+
+        _, rqvae, model = load_consolidated(weights)
+        task = Stage2Task(self.cfg, rqvae)
+        task.model.load_state_dict(model.state_dict())
+        picture = sample_picture(task, os.path.join(self.log_dir, "samples.png"), seed=self.cfg.run.seed)
+        depth = self.cfg.rqvae.code_shape[2]
+        return {**common, "checkpoint": weights, "picture": picture,
+                "loss_by_depth_last_step": [last.get(f"depth{d + 1}") for d in range(depth)]}
+
+
+def mean_over_ranks(metrics: dict) -> dict:
+    """Each metric averaged over ranks (one all-reduce), so rank 0 logs the global batch's values."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    return dict(zip(keys, (values / dist.get_world_size()).tolist()))
+
+
+def _maybe_inject_fault(step: int, rank: int, log_dir: str) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    kill_step, kill_rank = (int(x) for x in spec.split(":"))
+    if step == kill_step and rank == kill_rank:
+        os.makedirs(log_dir, exist_ok=True)
+        with open(os.path.join(log_dir, "faults.jsonl"), "a") as f:
+            f.write(json.dumps({"event": "sigkill", "step": step, "rank": rank, "time": time.time()}) + "\n")
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,99 @@
+"""The faster CPU paths of the stage-2 step compute what the straightforward code computed.
+
+Blocked soft cross-entropy, categorical sampling by inverse CDF, dropout masks from torch.rand, and
+attention with dropout outside SDPA (rqscale.bench train measures their speed)."""
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from rqscale.models.transformer import Dropout, _math_attention, dropout
+from rqscale.quantizer.residual import sample_categorical
+from rqscale.tasks import soft_cross_entropy
+import rqscale.tasks.stage2 as stage2
+
+
+def _reference_ce(logits, targets):
+    return -(targets * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1)
+
+
+def test_blocked_soft_cross_entropy_matches_the_whole_tensor_formula():
+    torch.manual_seed(0)
+    assert len(stage2._ce_blocks(3 * 1100, 256, torch.device("cpu"))) > 1  # several blocks, a ragged last one
+    for dtype in (torch.float32, torch.bfloat16):
+        logits = (torch.randn(3, 1100, 256) * 4).to(dtype).requires_grad_()
+        targets = torch.softmax(torch.randn(3, 1100, 256) * 2, dim=-1)
+        expected = _reference_ce(logits, targets)
+        got = soft_cross_entropy(logits, targets)
+        assert got.dtype == torch.float32 and torch.equal(got, expected)  # same arithmetic, row for row
+        g_expected, = torch.autograd.grad(expected.mean(), logits)
+        g_got, = torch.autograd.grad(got.mean(), logits)
+        assert g_got.dtype == dtype
+        tol = 1e-9 if dtype == torch.float32 else 2e-6  # fp32 rounding order; bf16: an ulp of ~1e-4 values
+        assert torch.allclose(g_got.float(), g_expected.float(), atol=tol, rtol=1e-2)
+
+
+def test_soft_cross_entropy_gradient_in_double_and_wrt_targets():
+    logits = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    targets = torch.softmax(torch.randn(4, 7, dtype=torch.float64), dim=-1).requires_grad_()
+    expected = torch.autograd.grad(_reference_ce(logits, targets).sum(), (logits, targets))
+    got = torch.autograd.grad(soft_cross_entropy(logits, targets).sum(), (logits, targets))
+    for a, b in zip(got, expected):
+        assert torch.allclose(a.double(), b.double(), atol=1e-6)
+
+
+def test_sample_categorical_draws_with_the_given_probabilities():
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(3, 12) * 1.5, dim=-1)
+    p[0, 5] = 0.0
+    p[0] /= p[0].sum()
+    n = 200_000
+    codes = sample_categorical(p.repeat(n, 1), torch.Generator().manual_seed(1)).view(n, 3)
+    assert codes.dtype == torch.long and int(codes.min()) >= 0 and int(codes.max()) < 12
+    freq = torch.stack([torch.bincount(codes[:, r], minlength=12).float() / n for r in range(3)])
+    assert (freq - p).abs().max() < 0.005  # ~4 standard errors at n = 200k
+    assert freq[0, 5] == 0.0  # a code of probability 0 is never drawn
+    again = sample_categorical(p.repeat(n, 1), torch.Generator().manual_seed(1)).view(n, 3)
+    assert torch.equal(codes, again)  # reproducible from the generator
+
+
+def test_dropout_is_f_dropout_arithmetic_with_its_own_mask():
+    torch.manual_seed(0)
+    x = torch.randn(64, 256).to(torch.bfloat16)
+    y = dropout(x, 0.1)
+    kept = y != 0
+    assert 0.88 < float(kept.float().mean()) < 0.92
+    scale = torch.ones((), dtype=torch.bfloat16).div_(0.9)  # F.dropout's bf16 mask value
+    assert torch.equal(y[kept], x[kept] * scale) and y.dtype == torch.bfloat16
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0) is x
+    assert torch.equal(dropout(x, 1.0), F.dropout(x, 1.0))
+    module = Dropout(0.1).eval()
+    assert isinstance(module, torch.nn.Dropout) and module(x) is x
+    xg = torch.randn(10, 10, requires_grad=True)
+    out = dropout(xg, 0.5)
+    out.sum().backward()
+    assert torch.equal(xg.grad, (out != 0).float() * 2.0)
+
+
+def test_math_attention_is_sdpa_math_path_without_dropout():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 2, 4, 9, 16)
+    with sdpa_kernel(SDPBackend.MATH):
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert torch.allclose(_math_attention(q, k, v, 0.0), expected, atol=1e-6)
+    q16, k16, v16 = (t.to(torch.bfloat16) for t in (q, k, v))
+    with sdpa_kernel(SDPBackend.MATH):  # bf16 inputs: both upcast to fp32 and round the output once
+        expected16 = F.scaled_dot_product_attention(q16, k16, v16, is_causal=True)
+    got16 = _math_attention(q16, k16, v16, 0.0)
+    assert got16.dtype == torch.bfloat16 and (got16.float() - expected16.float()).abs().max() <= 0.0079
+
+
+def test_math_attention_dropout_keeps_causality_and_expectation():
+    torch.manual_seed(0)
+    q, k = torch.randn(2, 1, 2, 6, 8)
+    v = torch.randn(1, 2, 6, 8, requires_grad=True)
+    out = _math_attention(q, k, v, 0.5)
+    out[:, :, 2].sum().backward()  # position 2 sees positions 0..2 only
+    assert v.grad[:, :, 3:].abs().max() == 0
+    qs, ks, vs = torch.randn(3, 1, 1, 4, 8)
+    mean = torch.stack([_math_attention(qs, ks, vs, 0.3) for _ in range(4000)]).mean(0)
+    assert torch.allclose(mean, _math_attention(qs, ks, vs, 0.0), atol=0.06)  # inverted dropout: unbiased
