@@ -40,15 +40,19 @@ class EngineModule(nn.Module):
 
 
 def init_distributed() -> None:
-    """Join the process group Ray Train made, or make a one-rank group for an in-process run."""
+    """Join the process group Ray Train made, or make a one-rank group for an in-process run.
+
+    The one-rank group gets an explicit tcp:// address instead of MASTER_ADDR/MASTER_PORT in
+    os.environ: child processes would inherit those and collide on the port."""
     if dist.is_initialized():
         return
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", verbose=False)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:  # a launcher set the rendezvous
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        return
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it; no port, so safe to inherit
+    deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
 def _free_port() -> int:

@@ -42,9 +42,13 @@ def test_throughput_and_mfu_arithmetic(tmp_path):
 
 
 def test_memory_is_this_process_resident_set_on_cpu():
-    before = memory_gb()
-    block = torch.ones(300_000_000 // 4)  # 300 MB, touched
-    assert memory_gb() - before == pytest.approx(0.3, abs=0.1)
+    import re
+
+    block = torch.ones(300_000_000 // 4)  # 300 MB, touched: the process holds at least that much
+    with open("/proc/self/status") as f:
+        vm_rss_gb = int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) * 1024 / 1e9  # the kernel's own figure
+    assert memory_gb() == pytest.approx(vm_rss_gb, rel=0.05)
+    assert memory_gb() >= 0.3
     del block
 
 
