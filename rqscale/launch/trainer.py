@@ -95,6 +95,27 @@ def train_fn(loop_config: dict) -> None:
 
 # ---- the driver --------------------------------------------------------------------------------
 
+# Config fields holding local paths. Ray Train runs the workers in a session directory, so a path
+# relative to where `python -m rqscale.train` was typed must be made absolute before they start.
+PATH_KEYS = (("run", "output_dir"), ("run", "init_from"), ("data", "shards"), ("stage2", "rqvae_checkpoint"),
+             ("stage2", "tokenizer"), ("stage1.loss", "lpips_backbone"))
+
+
+def with_absolute_paths(cfg: Config) -> Config:
+    """A copy of cfg whose local paths are absolute (s3:// URLs and unset fields are left alone)."""
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    for section, key in PATH_KEYS:
+        owner = cfg
+        for part in section.split("."):
+            owner = getattr(owner, part)
+        value = getattr(owner, key)
+        if value and not is_s3(value):
+            setattr(owner, key, os.path.abspath(value))
+    return cfg
+
+
 def _init_ray(cfg: Config) -> bool:
     """Connect to the surrounding cluster, or start a private one; True if this call started it."""
     import ray
@@ -161,6 +182,9 @@ def launch(cfg: Config, log: Callable[[str], None] = print) -> dict:
     when a worker reports a deterministic error."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # Train V2 (DESIGN.md): elastic scaling, restarts
     import ray
+
+    cfg = with_absolute_paths(cfg)
+    os.environ["RQSCALE_RUNS"] = os.path.abspath(os.environ.get("RQSCALE_RUNS", "runs"))  # local logs of s3 runs
 
     started = _init_ray(cfg)
     submission = uuid.uuid4().hex

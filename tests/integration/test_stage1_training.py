@@ -41,12 +41,15 @@ def test_run_outputs(trained_stage1):
     assert image.std() > 10  # a real picture, not a blank canvas
 
 
-def test_cli_demo_runs_end_to_end(tmp_path):
+def test_cli_runs_end_to_end_with_paths_relative_to_the_caller(tmp_path):
+    """Ray runs its workers in a session directory: a relative run.output_dir must still mean the
+    directory `python -m rqscale.train` was typed in."""
     proc = subprocess.run(
-        [sys.executable, "-m", "rqscale.train", DEBUG_STAGE1, f"run.output_dir={tmp_path}", "train.max_steps=3",
+        [sys.executable, "-m", "rqscale.train", DEBUG_STAGE1, "run.output_dir=relative-runs", "train.max_steps=3",
          "stage1.loss.disc_start=1", "data.num_samples=64"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
+        capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": REPO},
     )
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "reconstructions written to" in proc.stdout
-    assert os.path.isfile(tmp_path / "debug-stage1" / "reconstructions.png")
+    assert os.path.isfile(tmp_path / "relative-runs" / "debug-stage1" / "reconstructions.png")
+    assert os.path.isfile(tmp_path / "relative-runs" / "debug-stage1" / "checkpoint_00000003" / "rqscale_complete.json")
