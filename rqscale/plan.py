@@ -1,7 +1,9 @@
-"""`python -m rqscale.plan CONFIG [key=value ...] [--json]`: what a config costs, without running it.
+"""`python -m rqscale.plan CONFIG [key=value ...] [--nodes N] [--gpus-per-node G] [--gpu NAME] [--mfu F]
+[--dataset-size N] [--json]`: what a config costs on a cluster, without running it.
 
-Models are built on the meta device, so even the 3.8B RQ-Transformer is counted in a second with
-no memory. (Memory and time estimates join this report with the cluster work.)
+Parameters (meta device), training FLOPs per image, memory per GPU for every ZeRO stage with and
+without activation checkpointing, the micro-batch that fits, images/s and wall time at an assumed MFU,
+and warnings naming the config key that fixes a problem. The work is in rqscale/planning/.
 """
 from __future__ import annotations
 
@@ -9,61 +11,47 @@ import argparse
 import json
 import sys
 
-import torch
+from rqscale.config import ConfigError, load
+from rqscale.planning import GPUS, Cluster, format_text, plan, stage1_params, stage2_params
 
-from rqscale.config import Config, ConfigError, load
-
-
-def _count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+__all__ = ["main", "plan", "stage1_params", "stage2_params"]
 
 
-def stage2_params(cfg: Config) -> dict:
-    from rqscale.models import RQTransformer
-
-    r = cfg.rqvae
-    with torch.device("meta"):
-        model = RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
-    total, spatial, depth = _count(model), _count(model.spatial), _count(model.depth)
-    return {"params_total": total, "params_spatial": spatial, "params_depth": depth,
-            "params_embeddings_and_heads": total - spatial - depth}
-
-
-def stage1_params(cfg: Config) -> dict:
-    from rqscale.losses import PatchDiscriminator
-    from rqscale.models import RQVAE
-
-    with torch.device("meta"):
-        model = RQVAE(cfg.rqvae)
-        disc = PatchDiscriminator(cfg.rqvae.in_channels, cfg.stage1.loss.disc_ndf, cfg.stage1.loss.disc_layers)
-    # Counted as the reference does: its codebook is an nn.Embedding weight with one padding row.
-    codebook = sum(b.embed.numel() + b.dim for b in model.quantizer.codebooks)
-    return {"params_total": _count(model) + codebook, "params_encoder": _count(model.encoder),
-            "params_decoder": _count(model.decoder), "params_codebook": codebook, "params_discriminator": _count(disc)}
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m rqscale.plan", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. engine.zero_stage=2")
+    p.add_argument("--nodes", type=int, default=1)
+    p.add_argument("--gpus-per-node", type=int, default=8)
+    p.add_argument("--gpu", default="a100-80gb", choices=sorted(GPUS), help="default a100-80gb")
+    p.add_argument("--mfu", type=float, default=0.5, help="assumed model FLOPs utilisation (default 0.5)")
+    p.add_argument("--dataset-size", type=int, default=None, help="images per epoch (default: from data.shards)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
 
 
-def plan(cfg: Config) -> dict:
-    counts = stage2_params(cfg) if cfg.stage == "stage2" else stage1_params(cfg)
-    return {"stage": cfg.stage, "run": cfg.run.name, **counts}
+def _cluster(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Cluster:
+    if args.nodes < 1 or args.gpus_per_node < 1:
+        parser.error("--nodes and --gpus-per-node must be >= 1")
+    if not 0 < args.mfu <= 1:
+        parser.error(f"--mfu {args.mfu} is not in (0, 1]")
+    if args.dataset_size is not None and args.dataset_size < 1:
+        parser.error("--dataset-size must be >= 1")
+    return Cluster(args.nodes, args.gpus_per_node, GPUS[args.gpu], args.mfu, args.dataset_size)
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rqscale.plan", description=__doc__)
-    parser.add_argument("config")
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    args = parser.parse_args(argv)
+    parser = _parser()
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
+    cluster = _cluster(parser, args)
     try:
         cfg = load(args.config, args.overrides, check_files=False)
     except ConfigError as exc:
         print(f"rqscale: config error: {exc}", file=sys.stderr)
         return 2
-    report = plan(cfg)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:>28}: {value:,}" if isinstance(value, int) else f"{key:>28}: {value}")
+    report = plan(cfg, cluster)
+    print(json.dumps(report) if args.json else format_text(report))
     return 0
 
 

@@ -22,33 +22,43 @@ def parse_args(argv):
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--class-label", type=int, nargs="+", help="class labels, cycled over the samples")
     cond.add_argument("--text", help="caption for a text-conditional model")
+    add_sampling_args(p)
+    p.add_argument("--classifier", help="TorchScript classifier for rejection sampling")
+    p.add_argument("--acceptance-rate", type=float, default=1.0, help="fraction of candidates kept (with --classifier)")
+    p.add_argument("--out", required=True)
+    return p.parse_args(argv)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The sampling flags shared with `python -m rqscale.evaluate`."""
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0])
     p.add_argument("--top-k", type=int, nargs="+", default=[0])
     p.add_argument("--top-p", type=float, nargs="+", default=[1.0])
     p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    p.add_argument("--classifier", help="TorchScript classifier for rejection sampling")
-    p.add_argument("--acceptance-rate", type=float, default=1.0, help="fraction of candidates kept (with --classifier)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", required=True)
-    return p.parse_args(argv)
 
 
 def check_args(args) -> None:
     """Argument errors that need no checkpoint, raised before anything is loaded."""
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
+    check_sampling_args(args)
+    if not 0.0 < args.acceptance_rate <= 1.0:
+        raise ValueError(f"--acceptance-rate must be in (0, 1], got {args.acceptance_rate}")
+    if args.acceptance_rate < 1.0 and not args.classifier:
+        raise ValueError("--acceptance-rate below 1 needs --classifier PATH")
+
+
+def check_sampling_args(args) -> None:
+    """Errors in the flags of add_sampling_args."""
     if any(not 0.0 < p <= 1.0 for p in args.top_p):
         raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
     if any(k < 0 for k in args.top_k):
         raise ValueError(f"--top-k must be >= 0, got {args.top_k}")
     if any(t <= 0 for t in args.temperature):
         raise ValueError(f"--temperature must be > 0, got {args.temperature}")
-    if not 0.0 < args.acceptance_rate <= 1.0:
-        raise ValueError(f"--acceptance-rate must be in (0, 1], got {args.acceptance_rate}")
-    if args.acceptance_rate < 1.0 and not args.classifier:
-        raise ValueError("--acceptance-rate below 1 needs --classifier PATH")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
 
@@ -93,21 +103,32 @@ def conditions(args, cfg, count: int, device):
     return None, np.full(count, -1)
 
 
-@torch.no_grad()
-def generate(args, cfg, rqvae, model, count: int) -> tuple:
-    from rqscale.sampling import SamplingParams, sample_codes
+def sampling_params(args, model):
+    from rqscale.sampling import SamplingParams
 
     params = SamplingParams(one_or_all(args.temperature), one_or_all(args.top_k), one_or_all(args.top_p), args.cfg_scale)
-    params.resolve(model.depth_codes, model.num_codes)
-    cond, labels = conditions(args, cfg, count, args.device)
-    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    return params.resolve(model.depth_codes, model.num_codes)
+
+
+@torch.no_grad()
+def sample_images(cfg, rqvae, model, params, cond, count: int, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """`count` decoded images (float in [-1, 1], N x 3 x H x W, on the CPU), `batch_size` at a time."""
+    from rqscale.sampling import sample_codes
+
     images = []
-    for start in range(0, count, args.batch_size):
-        n = min(args.batch_size, count - start)
+    for start in range(0, count, batch_size):
+        n = min(batch_size, count - start)
         c = None if cond is None else cond[start : start + n]
         codes = sample_codes(model, n, c, params, gen)
         images.append(rqvae.decode_codes(codes.view(n, *cfg.rqvae.code_shape)).clamp(-1, 1).cpu())
-    return torch.cat(images), labels
+    return torch.cat(images)
+
+
+def generate(args, cfg, rqvae, model, count: int) -> tuple:
+    params = sampling_params(args, model)
+    cond, labels = conditions(args, cfg, count, args.device)
+    gen = torch.Generator(device=args.device).manual_seed(args.seed)
+    return sample_images(cfg, rqvae, model, params, cond, count, args.batch_size, gen), labels
 
 
 def reject(args, images, labels):

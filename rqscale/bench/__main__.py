@@ -16,9 +16,10 @@ def main(argv=None) -> int:
     q.add_argument("--vectors", type=int, default=8192)
     q.add_argument("--repeats", type=int, default=5)
     q.add_argument("--device", default="cpu")
-    s = sub.add_parser("sample", help="RQ-Transformer sampling: KV cache, scaling with T, absolute speed")
+    s = sub.add_parser("sample", help="RQ-Transformer sampling: s/image by batch (Fig. 4), KV cache, scaling with T, bf16 vs fp32")
     s.add_argument("--config", default="configs/debug/stage2_bench.yaml")
-    s.add_argument("--batch", type=int, default=100)
+    s.add_argument("--batches", type=int, nargs="+", default=[100, 200, 500], help="batch sizes for s/image (paper Fig. 4)")
+    s.add_argument("--batch", type=int, default=100, help="batch for the KV-cache, 16x16 and bf16/fp32 measurements")
     s.add_argument("--baseline-batch", type=int, default=0, help="batch for the no-cache baseline (0 = --batch)")
     s.add_argument("--device", default="cpu")
     d = sub.add_parser("data", help="reader vs ImageFolder, S3 overhead, latent vs on-the-fly stage-2 inputs")
@@ -55,7 +56,7 @@ def main(argv=None) -> int:
     elif args.name == "sample":
         from rqscale.bench import sample
 
-        print(sample.report(sample.run(args.config, args.batch, args.device, args.baseline_batch)))
+        print(sample.report(sample.run(args.config, args.batch, args.device, args.baseline_batch, tuple(args.batches))))
     return 0
 
 

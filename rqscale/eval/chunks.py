@@ -1,0 +1,130 @@
+"""One unit of evaluation work: a chunk of generated samples or of reference images, turned into
+features. A chunk runs the same way in this process (`--local`) or as a Ray task on any worker.
+
+A chunk of samples draws its codes with its own generator, seeded from (seed, chunk index), and its
+conditions (class labels or captions) are planned by the driver for the whole run, so the result
+depends only on the seed and the chunk layout, never on which worker ran which chunk or how many
+there were. Models are loaded once per worker process (Ray reuses a worker for many chunks).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from rqscale.eval.features import ExtractorSpec, extract, load_extractor, to_uint8_images
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    kind: str  # "samples" | "npz" | "reference" | "recon"
+    index: int
+    start: int
+    count: int
+    seed: int = 0
+    device: Optional[str] = None  # None: cuda when the worker has one
+    extractor: Optional[ExtractorSpec] = None  # None: no FID/IS features (CLIP score only)
+    checkpoint: Optional[str] = None  # samples: a consolidated rqtransformer.pt; npz: the samples.npz
+    sampling: dict = field(default_factory=dict)  # temperature, top_k, top_p, cfg_scale
+    batch_size: int = 64
+    labels: Optional[tuple] = None  # samples: class label of each sample of the chunk
+    captions: Optional[tuple] = None  # samples: caption of each sample (text models, CLIP score)
+    clip_model: Optional[str] = None  # samples: local CLIP directory for the CLIP score
+    manifest: Optional[str] = None  # reference / recon: the shards' manifest.json
+    resolution: int = 0
+    rqvae: Optional[str] = None  # recon: rqvae.pt
+    rqvae_config: Optional[str] = None  # recon: its YAML
+
+
+def chunk_layout(total: int, chunk_size: int) -> list[tuple[int, int]]:
+    """[(start, count)] covering [0, total) in chunks of `chunk_size` (the last may be short)."""
+    return [(s, min(chunk_size, total - s)) for s in range(0, total, chunk_size)]
+
+
+def chunk_seed(seed: int, index: int) -> int:
+    """Independent, reproducible stream per chunk (numpy's SeedSequence mixing)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+def run_chunk(job: ChunkJob) -> dict:
+    """{"index", "kind", "count", "bad", "features"?, "logits"?, "clip_sum"?, ...} for one chunk."""
+    device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if job.kind == "recon":
+        from rqscale.eval.rfid import recon_chunk
+
+        return recon_chunk(job, device)
+    images, bad = _images(job, device)
+    result = {"index": job.index, "kind": job.kind, "count": int(images.shape[0]), "bad": bad}
+    if job.extractor is not None:
+        result["features"], result["logits"] = extract(cached_extractor(job.extractor, device), images)
+    if job.clip_model is not None:
+        from rqscale.eval.clip_score import clip_score_sum
+
+        result["clip_sum"], result["clip_count"] = clip_score_sum(job.clip_model, images, list(job.captions), device)
+    return result
+
+
+def _images(job: ChunkJob, device: str) -> tuple[torch.Tensor, int]:
+    if job.kind == "reference":
+        from rqscale.eval.reference import read_reference
+
+        return read_reference(job.manifest, job.resolution, job.start, job.count)
+    if job.kind == "samples":
+        return generate_chunk(job, device), 0
+    if job.kind == "npz":
+        pixels = npz_images(job.checkpoint)[job.start : job.start + job.count]
+        return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), 0
+    raise ValueError(f"unknown chunk kind '{job.kind}'")
+
+
+@functools.lru_cache(maxsize=1)
+def npz_images(path: str) -> np.ndarray:
+    """`images` (uint8 N x H x W x 3) of a samples.npz that rqscale.sample wrote."""
+    with np.load(path) as data:
+        return data["images"]
+
+
+@functools.lru_cache(maxsize=2)
+def cached_extractor(spec: ExtractorSpec, device: str):
+    return load_extractor(spec, device)
+
+
+@functools.lru_cache(maxsize=1)
+def cached_checkpoint(path: str, device: str):
+    from rqscale.sampling.checkpoint import load_consolidated
+
+    return load_consolidated(path, device)
+
+
+def generate_chunk(job: ChunkJob, device: str) -> torch.Tensor:
+    """The chunk's samples as uint8 (n, 3, H, W), through rqscale.sample's own sampling loop."""
+    from types import SimpleNamespace
+
+    from rqscale.sample import sample_images, sampling_params
+
+    cfg, rqvae, model = cached_checkpoint(job.checkpoint, device)
+    params = sampling_params(SimpleNamespace(**job.sampling), model)
+    gen = torch.Generator(device=device).manual_seed(chunk_seed(job.seed, job.index))
+    images = sample_images(cfg, rqvae, model, params, chunk_conditions(job, cfg, device), job.count, job.batch_size, gen)
+    return to_uint8_images(images)
+
+
+def chunk_conditions(job: ChunkJob, cfg, device: str) -> Optional[torch.Tensor]:
+    """Class labels or caption tokens of the chunk's samples (checked by the driver beforehand)."""
+    m = cfg.stage2.model
+    if m.condition == "class":
+        return torch.tensor(job.labels, dtype=torch.long, device=device)
+    if m.condition == "text":
+        tokenizer = _tokenizer(cfg.stage2.tokenizer, m.text_length)
+        return torch.stack([tokenizer.encode(c) for c in job.captions]).to(device)
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer(path: str, length: int):
+    from rqscale.data.text import CaptionTokenizer
+
+    return CaptionTokenizer(path, length)

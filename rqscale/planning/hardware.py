@@ -1,0 +1,36 @@
+"""GPUs the planner knows: memory, dense bf16 peak, and the memory it leaves unplanned."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 2**30
+
+# Memory the planner never hands to model states or activations, as a fraction of the GPU: the CUDA
+# context and kernels (~0.5-1 GiB), NCCL buffers, DeepSpeed's communication buckets (ZeRO-2/3 reduce and
+# all-gather buckets and ZeRO-3's prefetch: 5e8 / 5e7 elements by default), the soft cross-entropy's fp32
+# scratch (2^26 elements a block on GPU, rqscale/tasks/stage2.py) and allocator fragmentation.
+# 10% is 4 GiB on a 40 GB card and 8 GiB on an 80 GB one.
+RESERVE_FRACTION = 0.10
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_bytes: int
+    peak_flops: float  # dense bf16 tensor-core FLOP/s
+    source: str
+
+
+# Capacities are the datasheets' 40 / 80 GB, taken as GiB (nvidia-smi shows 40,960 / 81,920 MiB on A100
+# SXM4 and 81,559 MiB on H100 SXM5; the reserve absorbs the difference).
+GPUS = {
+    "a100-40gb": GPU("a100-40gb", 40 * GIB, 312e12, "NVIDIA A100 datasheet: BF16 tensor core 312 TFLOPS dense, 40GB HBM2"),
+    "a100-80gb": GPU("a100-80gb", 80 * GIB, 312e12, "NVIDIA A100 datasheet: BF16 tensor core 312 TFLOPS dense, 80GB HBM2e"),
+    "h100-80gb": GPU("h100-80gb", 80 * GIB, 989e12,
+                     "NVIDIA H100 datasheet, SXM: BF16 tensor core 1,979 TFLOPS with sparsity, 989 dense, 80GB HBM3"),
+}
+
+
+def usable_bytes(gpu: GPU) -> int:
+    """GPU memory the planner fills with model states and activations."""
+    return int(gpu.memory_bytes * (1 - RESERVE_FRACTION))
