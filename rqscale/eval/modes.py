@@ -2,7 +2,6 @@
 named) before any model is sampled or any Ray task starts; then the chunks run and a report is built."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from dataclasses import replace
 
@@ -97,8 +96,6 @@ def check_generation(args) -> None:
     if args.num_samples < 1:
         raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
     check_sampling_args(args)
-    if args.speed_batches and importlib.util.find_spec("rqscale.eval.speed") is None:
-        raise ValueError("--speed-batches needs rqscale.eval.speed, which this checkout does not have")
     if args.speed_batches and min(args.speed_batches) < 1:
         raise ValueError(f"--speed-batches must be >= 1, got {args.speed_batches}")
 
@@ -200,7 +197,10 @@ def sampling_speed(args) -> list:
     from rqscale.eval.speed import sampling_speed as measure
     from rqscale.sample import sampling_params
     from rqscale.sampling.checkpoint import load_consolidated
+    from rqscale.utils.memory import retain_freed_memory
 
+    if torch.device(args.device).type == "cpu":
+        retain_freed_memory()  # large KV caches are otherwise page-faulted in afresh each call (rqscale/bench/sample.py)
     _, _, model = load_consolidated(args.checkpoint, args.device)
     dtype = torch.bfloat16 if args.speed_dtype == "bf16" else torch.float32
     return measure(model, args.speed_batches, args.device, dtype, params=sampling_params(args, model), repeats=1)

@@ -13,7 +13,8 @@ import torch
 
 from rqscale.evaluate import main
 from rqscale.eval.features import INCEPTION_FILE
-from tests.conftest import DEBUG_STAGE2, REPO
+from tests.conftest import REPO
+from tests.integration.test_text_sampling import build_text_checkpoint
 from tests.unit.test_fid import save_small_extractor
 
 CAPTIONS = [f"a handwritten digit {w}" for w in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")]
@@ -83,25 +84,11 @@ def test_recon_per_depth_rfid(trained_stage1, demo, tmp_path):
 def text_model(demo):
     """A randomly initialised text-conditional checkpoint with its BPE tokenizer, and a tiny CLIP
     (random weights, a character-level tokenizer) saved with save_pretrained: nothing downloaded."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    from rqscale.config import load
-    from rqscale.models import RQVAE, RQTransformer
-    from rqscale.sampling.checkpoint import save_consolidated
-
     root = demo["root"] / "text"
     root.mkdir()
-    tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(CAPTIONS, trainers.BpeTrainer(vocab_size=60, special_tokens=["[PAD]", "[UNK]"]))
-    tokenizer.save(str(root / "tokenizer.json"))
-    cfg = load(DEBUG_STAGE2, ["stage2.model.condition=text", f"stage2.model.text_vocab={tokenizer.get_vocab_size()}",
-                              "stage2.model.text_length=8", f"stage2.tokenizer={root / 'tokenizer.json'}"], check_files=False)
-    torch.manual_seed(0)
-    rqvae = RQVAE(cfg.rqvae)
-    model = RQTransformer(cfg.stage2.model, tuple(cfg.rqvae.code_shape), cfg.rqvae.num_codes, cfg.rqvae.code_dim)
+    checkpoint = build_text_checkpoint(root, CAPTIONS, vocab_size=60)
     (root / "captions.txt").write_text("\n".join(CAPTIONS) + "\n")
-    return save_consolidated(str(root / "text.pt"), cfg, rqvae, model), str(root / "captions.txt"), save_tiny_clip(root / "clip")
+    return checkpoint, str(root / "captions.txt"), save_tiny_clip(root / "clip")
 
 
 def save_tiny_clip(out) -> str:

@@ -16,14 +16,14 @@ WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
 CAPTIONS = [f"a handwritten digit {w}" for w in WORDS] + [f"the digit {w} written by hand" for w in WORDS]
 
 
-@pytest.fixture(scope="module")
-def text_checkpoint(tmp_path_factory):
+def build_text_checkpoint(root, captions, vocab_size: int = 80) -> str:
+    """A randomly initialised text-conditional debug model and a BPE tokenizer trained on `captions`,
+    saved as the consolidated checkpoint rqscale.sample reads (root/text.pt)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    root = tmp_path_factory.mktemp("text")
     tokenizer = Tokenizer(models.BPE(unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.train_from_iterator(CAPTIONS, trainers.BpeTrainer(vocab_size=80, special_tokens=["[PAD]", "[UNK]"]))
+    tokenizer.train_from_iterator(captions, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]"]))
     tokenizer.save(str(root / "tokenizer.json"))
     cfg = load(DEBUG_STAGE2, ["stage2.model.condition=text", f"stage2.model.text_vocab={tokenizer.get_vocab_size()}",
                               "stage2.model.text_length=8", f"stage2.tokenizer={root / 'tokenizer.json'}"], check_files=False)
@@ -31,7 +31,13 @@ def text_checkpoint(tmp_path_factory):
     rqvae = RQVAE(cfg.rqvae)
     model = RQTransformer(cfg.stage2.model, tuple(cfg.rqvae.code_shape), cfg.rqvae.num_codes, cfg.rqvae.code_dim)
     model.codebook.copy_(rqvae.quantizer.codebook)
-    return save_consolidated(str(root / "text.pt"), cfg, rqvae, model), root
+    return save_consolidated(str(root / "text.pt"), cfg, rqvae, model)
+
+
+@pytest.fixture(scope="module")
+def text_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    return build_text_checkpoint(root, CAPTIONS), root
 
 
 def test_caption_tokens_are_padded_to_length(text_checkpoint):
