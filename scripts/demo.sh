@@ -13,7 +13,7 @@ data="$out/demo-data"
 if [ ! -f "$data/digits/manifest.json" ]; then
   $py -m data_prep.demo --out "$data"
 fi
-shards=(data.kind=webdataset "data.shards=$data/digits/manifest.json")
+shards=(data.kind=webdataset "data.shards=$data/digits/manifest.json" data.hflip=false)  # a mirrored digit is another shape
 $py -m rqscale.train configs/debug/stage1.yaml run.output_dir="$out" run.name=demo-stage1 "${shards[@]}" \
   train.num_workers=2 train.micro_batch=8 "$@"
 $py -m rqscale.train configs/debug/stage2.yaml run.output_dir="$out" run.name=demo-stage2 "${shards[@]}" \

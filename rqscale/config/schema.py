@@ -129,6 +129,7 @@ class DataConfig:
     shards: str = ""  # data_prep manifest.json of the shards (local path or s3://)
     loader_workers: int = 0
     max_bad_samples: int = 100  # unreadable samples skipped before the run stops
+    hflip: bool = True  # random horizontal flip of training images (A.3 / ref); off for digits, which mirroring changes
 
 
 @dataclass

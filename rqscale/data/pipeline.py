@@ -27,7 +27,7 @@ def bundled_split(cfg: Config):
 
 def shard_loader(cfg: Config, train: bool = True) -> ResumableLoader:
     return ResumableLoader(load_shards(cfg.data.shards), cfg.train.global_batch, 0, 1, cfg.run.seed, cfg.rqvae.resolution,
-                           cfg.data.loader_workers, cfg.data.max_bad_samples, train=train)
+                           cfg.data.loader_workers, cfg.data.max_bad_samples, train=train, flip=cfg.data.hflip)
 
 
 def micro_batches(cfg: Config) -> Iterator[dict]:
@@ -77,7 +77,7 @@ class RankBatches:
         self._bundled = bundled_split(cfg)[:2] if cfg.data.kind == "bundled" else None
         self._loader = None if self._bundled else ResumableLoader(
             load_shards(cfg.data.shards), cfg.train.global_batch, rank, world_size, cfg.run.seed, cfg.rqvae.resolution,
-            cfg.data.loader_workers, cfg.data.max_bad_samples, train=True, drop_last=True)
+            cfg.data.loader_workers, cfg.data.max_bad_samples, train=True, drop_last=True, flip=cfg.data.hflip)
         self._epoch_iter = None
 
     def state_dict(self) -> dict:

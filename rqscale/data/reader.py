@@ -98,12 +98,12 @@ def _parse_tar(data: bytes) -> list:
     return list(samples.values())
 
 
-def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator], latent_shape=None) -> dict:
+def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator], latent_shape=None, flip: bool = True) -> dict:
     sample = {"key": raw["__key__"]}
     if latent_shape is not None:
         sample["latent"] = latent_from_bytes(raw[LATENT_FIELD], latent_shape)
     else:
-        sample["image"] = decode_image_uint8(raw["jpg"], resolution, rng)  # made float per batch in collate
+        sample["image"] = decode_image_uint8(raw["jpg"], resolution, rng, flip)  # made float per batch in collate
     if "cls" in raw:
         sample["cls"] = int(raw["cls"])
     if "txt" in raw:
@@ -116,13 +116,13 @@ class ShardReader(IterableDataset):
     {"batch": g, "samples": [decoded...], "bad": unreadable samples skipped}."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, epoch: int,
-                 resolution: int, train: bool = True, start_batch: int = 0, drop_last: bool = False):
+                 resolution: int, train: bool = True, start_batch: int = 0, drop_last: bool = False, flip: bool = True):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks")
         self.order = EpochOrder(shards, seed, epoch)
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.seed, self.epoch, self.resolution, self.train = seed, epoch, resolution, train
-        self.start_batch, self.drop_last = start_batch, drop_last
+        self.start_batch, self.drop_last, self.flip = start_batch, drop_last, flip
 
     @property
     def num_batches(self) -> int:
@@ -152,7 +152,7 @@ class ShardReader(IterableDataset):
             for j, raw in enumerate(raws):  # a truncated run loses its tail, so j is the sample's place
                 rng = np.random.default_rng([self.seed, self.epoch, run_start + j]) if self.train else None
                 try:
-                    samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape))
+                    samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape, self.flip))
                 except Exception:  # corrupt image bytes: skip and count
                     bad += 1
         return {"batch": g, "samples": samples, "bad": bad}
@@ -176,8 +176,9 @@ class ResumableLoader:
     Batches: {"keys", "images" (uint8, B x 3 x R x R) or "latents" (float), "cond"?, "txt"?}."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, resolution: int,
-                 loader_workers: int = 0, max_bad_samples: int = 0, train: bool = True, drop_last: bool = False):
-        self.drop_last = drop_last
+                 loader_workers: int = 0, max_bad_samples: int = 0, train: bool = True, drop_last: bool = False,
+                 flip: bool = True):
+        self.drop_last, self.flip = drop_last, flip
         self.shards, self.global_batch, self.rank, self.world_size = shards, global_batch, rank, world_size
         self.seed, self.resolution, self.loader_workers, self.train = seed, resolution, loader_workers, train
         self.max_bad_samples = max_bad_samples
@@ -193,7 +194,7 @@ class ResumableLoader:
 
     def _reader(self) -> ShardReader:
         return ShardReader(self.shards, self.global_batch, self.rank, self.world_size, self.seed, self.epoch,
-                           self.resolution, self.train, start_batch=self.next_batch, drop_last=self.drop_last)
+                           self.resolution, self.train, start_batch=self.next_batch, drop_last=self.drop_last, flip=self.flip)
 
     def epoch_batches(self):
         """The rest of the current epoch, as collated batches; the state advances with each one."""

@@ -36,8 +36,8 @@ def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
-def decode_image_uint8(data: bytes, resolution: int, rng: np.random.Generator | None) -> torch.Tensor:
-    """Image bytes -> (3, R, R) uint8, cropped and flipped as decode_image."""
+def decode_image_uint8(data: bytes, resolution: int, rng: np.random.Generator | None, flip: bool = True) -> torch.Tensor:
+    """Image bytes -> (3, R, R) uint8, cropped and flipped as decode_image (`flip` False: random crop only)."""
     x = _decode_uint8(data, resolution)
     h, w = x.shape[1:]
     side = min(h, w)
@@ -46,7 +46,7 @@ def decode_image_uint8(data: bytes, resolution: int, rng: np.random.Generator | 
     if side != resolution:
         square = F.interpolate(square, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     image = square[0]
-    if rng is not None and rng.random() < 0.5:
+    if rng is not None and rng.random() < 0.5 and flip:  # the draw is made either way: same crops with or without
         image = image.flip(-1)
     return image.contiguous()
 

@@ -71,6 +71,17 @@ def test_resume_reproduces_augmentation(digit_shards):
     assert torch.equal(next(again.epoch_batches())["images"], full[2]["images"])
 
 
+def test_hflip_off_keeps_training_images_unmirrored(digit_shards):
+    """data.hflip=false (the demo's digits): training batches are the evaluation decode, never mirrored;
+    with it on, some images are the mirror of their evaluation decode (digits are square: no crop slack)."""
+    plain = next(loader(digit_shards, train=False).epoch_batches())["images"]
+    unflipped = next(loader(digit_shards, flip=False).epoch_batches())["images"]
+    flipped = next(loader(digit_shards).epoch_batches())["images"]
+    assert torch.equal(unflipped, plain)
+    mirrored = [torch.equal(f, p.flip(-1)) and not torch.equal(f, p) for f, p in zip(flipped, plain)]
+    assert 0 < sum(mirrored) < len(mirrored)
+
+
 def test_order_depends_on_seed_and_epoch(digit_shards):
     a = loader(digit_shards)
     epoch0, epoch1 = keys_of(a.epoch_batches()), keys_of(a.epoch_batches())
