@@ -1,13 +1,12 @@
-"""Timing helpers and machine description shared by the benchmarks."""
+"""Machine description and matmul peak shared by the benchmarks (timing: rqscale/utils/timing.py)."""
 from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
-from typing import Callable
 
 import torch
+
+from rqscale.utils.timing import time_fn
 
 
 def machine() -> dict:
@@ -30,25 +29,6 @@ def _cpu_model() -> str:
     with open("/proc/cpuinfo") as f:
         names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     return names[0] if names else fallback
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, device: torch.device, repeats: int = 5) -> float:

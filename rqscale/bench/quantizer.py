@@ -10,7 +10,8 @@ import json
 
 import torch
 
-from rqscale.bench.common import machine, matmul_flops, time_fn
+from rqscale.bench.common import machine, matmul_flops
+from rqscale.utils.timing import time_fn
 from rqscale.quantizer import LocalCollective, ResidualQuantizer
 
 

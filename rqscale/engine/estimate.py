@@ -18,17 +18,13 @@ applies to CPU memory only). rqscale builds the model whole on every rank before
 """
 from __future__ import annotations
 
-import os
-
-import torch
-
 BUFFER_FACTOR = 1.5  # DeepSpeed's default additional_buffer_factor (CPU memory only)
 PARAM_16, GRAD_16, STATES_32 = 2, 2, 16  # bytes per parameter, DeepSpeed's convention (see above)
 
 
 def _deepspeed_zero():
-    """DeepSpeed's ZeRO modules, imported on first use (DS_ACCELERATOR as rqscale/engine/engine.py sets it)."""
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+    """DeepSpeed's ZeRO modules. Importing this package already ran rqscale/engine/engine.py, which sets
+    DS_ACCELERATOR before DeepSpeed is first imported."""
     from deepspeed.runtime.zero import stage3, stage_1_and_2
 
     return stage_1_and_2, stage3

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from rqscale.bench.common import time_fn
+from rqscale.utils.timing import time_fn
 from rqscale.models import RQTransformer
 from rqscale.sampling import SamplingParams, sample_codes
 

@@ -17,21 +17,13 @@ FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "TORCH_
 
 def run_chunks(fn: Callable, jobs: Sequence, workers: int, consume: Callable) -> None:
     """consume(fn(job)) for each job in order, each fn(job) a Ray task, at most `workers` in flight."""
-    import ray
+    from rqscale.launch.pool import ray_for_tasks
 
-    started = not ray.is_initialized()
-    if started:
-        attached = bool(os.environ.get("RAY_ADDRESS"))
-        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-        ray.init(address="auto" if attached else None, num_cpus=None if attached else workers, include_dashboard=False,
-                 log_to_driver=False, runtime_env={"env_vars": env} if env else None)
-    try:
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    with ray_for_tasks(local_cpus=workers, env=env) as ray:
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         remote = ray.remote(num_cpus=1, num_gpus=gpus, max_calls=0)(fn)
         _bounded(ray, remote, list(jobs), workers, consume)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def _bounded(ray, remote, jobs: list, workers: int, consume: Callable) -> None:
