@@ -59,13 +59,15 @@ def export_stage2(cfg, local: str, out: str) -> str:
 
 
 def main(argv=None) -> int:
+    from rqscale.utils.safe_load import UnsafeCheckpointError
+
     parser = argparse.ArgumentParser(prog="python -m rqscale.export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("target", help="a run (<output_dir>/<name>) or a checkpoint_<step> directory; local or s3://")
     parser.add_argument("--out", required=True, help="where to write the consolidated .pt")
     args = parser.parse_args(argv)
     try:
         path = export(args.target.rstrip("/"), args.out)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, UnsafeCheckpointError) as exc:  # a missing file, or one that would run code
         print(f"rqscale: {exc}", file=sys.stderr)
         return 2
     print(f"rqscale: exported {posixpath.basename(args.target.rstrip('/'))} -> {path}")

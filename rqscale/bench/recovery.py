@@ -1,10 +1,10 @@
 """Recovery time: a Ray Train worker is SIGKILLed mid-run; how long until the first step after resume?
 
-Runs `python -m rqscale.train` (2 CPU workers, ZeRO-3, debug stage-2 config) with the loop's fault
-injection (RQSCALE_FAULT_KILL_AT_STEP), then reads the kill time (faults.jsonl) and the end time of the
-first step trained after the restart (metrics.jsonl `wall_time`). What is measured: Ray noticing the
-dead worker, tearing down and restarting the group, DeepSpeed initialisation, checkpoint download
-and load, and one training step.
+Runs `python -m rqscale.bench.faults --kill-at STEP:1` (the training CLI, 2 CPU workers, ZeRO-3, debug
+stage-2 config, with a step hook that SIGKILLs rank 1 at STEP), then reads the kill time (faults.jsonl)
+and the end time of the first step trained after the restart (metrics.jsonl `wall_time`). What is
+measured: Ray noticing the dead worker, tearing down and restarting the group, DeepSpeed initialisation,
+checkpoint download and load, and one training step.
 """
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ def run(config: str, rqvae: str | None = None, kill_step: int = 4, every: int = 
     """Only timing matters, so without `rqvae` a randomly initialised RQ-VAE of the config is used."""
     with tempfile.TemporaryDirectory(prefix="rqscale-bench-recovery-") as out:
         rqvae = rqvae or _random_rqvae(config, out)
-        cmd = [sys.executable, "-m", "rqscale.train", config, f"run.output_dir={out}", "run.name=recovery",
-               f"stage2.rqvae_checkpoint={rqvae}", "train.num_workers=2", f"train.micro_batch={_half_batch(config)}",
-               f"train.max_steps={steps}", f"checkpoint.every_steps={every}", "train.max_failures=2"]
-        env = {**os.environ, "RQSCALE_FAULT_KILL_AT_STEP": f"{kill_step}:1"}
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        cmd = [sys.executable, "-m", "rqscale.bench.faults", "--kill-at", f"{kill_step}:1",
+               config, f"run.output_dir={out}", "run.name=recovery", f"stage2.rqvae_checkpoint={rqvae}",
+               "train.num_workers=2", f"train.micro_batch={_half_batch(config)}", f"train.max_steps={steps}",
+               f"checkpoint.every_steps={every}", "train.max_failures=2"]
+        done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"training run failed:\n{done.stderr[-3000:]}")
         run_dir = os.path.join(out, "recovery")

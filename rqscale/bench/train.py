@@ -136,8 +136,8 @@ def engine_trainer(cfg: Config):
     engines = Stage2Engines(cfg, world_size=1, device=torch.device("cpu"))
 
     def step(batch: dict, i: int):
-        metrics, finite = engines.step([batch], i)
-        if not finite:
+        metrics, taken = engines.step([batch], i)
+        if float(taken) < 0.5:  # a host read per step is fine here: the benchmark times whole steps on CPU
             raise RuntimeError(f"non-finite loss in benchmark step {i}: {metrics}")
         return metrics
 

@@ -2,13 +2,13 @@
 from the bundled images or from data_prep shards (local or S3), behind one interface."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
 from rqscale.config import Config
 from rqscale.data.bundled import batches, bundled_dataset
-from rqscale.data.reader import ResumableLoader, load_shards
+from rqscale.data.reader import ResumableLoader, check_label_range, load_shards
 from rqscale.data.transforms import to_unit_range
 
 EVAL_SEED_OFFSET = 10_000  # held-out photo crops come from another seed than the training crops
@@ -28,6 +28,13 @@ def bundled_split(cfg: Config):
 def shard_loader(cfg: Config, train: bool = True) -> ResumableLoader:
     return ResumableLoader(load_shards(cfg.data.shards), cfg.train.global_batch, 0, 1, cfg.run.seed, cfg.rqvae.resolution,
                            cfg.data.loader_workers, cfg.data.max_bad_samples, train=train, flip=cfg.data.hflip)
+
+
+def class_count(cfg: Config) -> Optional[int]:
+    """How many classes training labels must fit, or None when the model takes no class label."""
+    if cfg.stage == "stage2" and cfg.stage2.model.condition == "class":
+        return cfg.stage2.model.num_classes
+    return None
 
 
 def micro_batches(cfg: Config) -> Iterator[dict]:
@@ -69,15 +76,22 @@ class RankBatches:
     run would see, for any world size dividing the global batch (the shard reader's global order;
     the bundled set's per-epoch permutation). Short final global batches of an epoch are dropped so
     that every step has the full global batch.
+
+    Labels a class-conditional model cannot hold raise ConfigError('stage2.model.num_classes') here, on
+    the host: the bundled set's labels all at once, shard labels batch by batch as the reader decodes them.
     """
 
     def __init__(self, cfg: Config, rank: int, world_size: int, grad_accum: int):
         self.cfg, self.rank, self.world_size, self.grad_accum = cfg, rank, world_size, grad_accum
         self.step = 0  # bundled data: global batches consumed
         self._bundled = bundled_split(cfg)[:2] if cfg.data.kind == "bundled" else None
+        if self._bundled:
+            labels = self._bundled[1]  # a CPU tensor: min/max cost no device sync
+            check_label_range(int(labels.min()), int(labels.max()), class_count(cfg))
         self._loader = None if self._bundled else ResumableLoader(
             load_shards(cfg.data.shards), cfg.train.global_batch, rank, world_size, cfg.run.seed, cfg.rqvae.resolution,
-            cfg.data.loader_workers, cfg.data.max_bad_samples, train=True, drop_last=True, flip=cfg.data.hflip)
+            cfg.data.loader_workers, cfg.data.max_bad_samples, train=True, drop_last=True, flip=cfg.data.hflip,
+            num_classes=class_count(cfg))
         self._epoch_iter = None
 
     def state_dict(self) -> dict:

@@ -10,7 +10,10 @@ So the whole reader state is (epoch, next global batch, bad-sample counts): resu
 exactly the batches an uninterrupted run would, for any world size dividing B, and every sample of
 an epoch is delivered once (the last global batch may be short). Augmentation randomness is keyed
 by (seed, epoch, global position), so it resumes too. Unreadable samples are skipped and counted;
-past `max_bad_samples` the reader raises.
+past `max_bad_samples` the reader raises. Only bad *data* is counted (an image the decoder rejects, a
+missing field, a latent of the wrong size, a label that is not an integer): any other exception is a
+bug and propagates as itself. With `num_classes`, a label outside 0..num_classes-1 is a config error,
+caught here on Python ints instead of on device tensors in the training step.
 """
 from __future__ import annotations
 
@@ -19,13 +22,16 @@ import json
 import posixpath
 import tarfile
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from rqscale.config import ConfigError
 from rqscale.data.latents import LATENT_FIELD, latent_from_bytes
 from rqscale.data.storage import filesystem, join, read_bytes
 from rqscale.data.transforms import decode_image_uint8
@@ -33,6 +39,19 @@ from rqscale.data.transforms import decode_image_uint8
 
 class BadDataError(RuntimeError):
     """More unreadable samples than data.max_bad_samples allows."""
+
+
+class BadSample(Exception):
+    """One sample's stored bytes cannot be decoded: skipped and counted, never raised past the reader."""
+
+
+# What the image decoders raise for corrupt or truncated bytes: PIL uses OSError (UnidentifiedImageError,
+# "image file is truncated"), SyntaxError and ValueError from its format plugins, DecompressionBombError;
+# torchvision's libjpeg / libpng decoders raise RuntimeError. These types are only taken as bad data when
+# raised inside PIL or torchvision.io (`_raised_by_decoder`): the same type from rqscale's own crop and
+# resize code is a bug.
+DECODER_ERRORS = (OSError, SyntaxError, ValueError, RuntimeError, Image.DecompressionBombError)
+DECODER_MODULES = ("PIL.", "torchvision.io.")
 
 
 @dataclass(frozen=True)
@@ -99,21 +118,73 @@ def _parse_tar(data: bytes) -> list:
 
 
 def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator], latent_shape=None, flip: bool = True) -> dict:
-    sample = {"key": raw["__key__"]}
+    """One raw sample -> {"key", "image" (uint8) or "latent", "cls"?, "txt"?}; BadSample if its data is bad."""
+    sample = {"key": raw["__key__"]}  # _parse_tar names every sample
     if latent_shape is not None:
-        sample["latent"] = latent_from_bytes(raw[LATENT_FIELD], latent_shape)
+        sample["latent"] = _decode_latent(raw, latent_shape)
     else:
-        sample["image"] = decode_image_uint8(raw["jpg"], resolution, rng, flip)  # made float per batch in collate
+        sample["image"] = _decode_image(raw, resolution, rng, flip)  # made float per batch in collate
     if "cls" in raw:
-        sample["cls"] = int(raw["cls"])
+        sample["cls"] = _decode_label(raw)
     if "txt" in raw:
-        sample["txt"] = raw["txt"].decode()
+        sample["txt"] = _decode_text(raw)
     return sample
+
+
+def _field(raw: dict, name: str) -> bytes:
+    if name not in raw:
+        raise BadSample(f"sample {raw['__key__']} has no '{name}' field")
+    return raw[name]
+
+
+def _decode_image(raw: dict, resolution: int, rng: Optional[np.random.Generator], flip: bool):
+    data = _field(raw, "jpg")
+    try:
+        return decode_image_uint8(data, resolution, rng, flip)
+    except DECODER_ERRORS as exc:
+        if not _raised_by_decoder(exc):
+            raise
+        raise BadSample(f"sample {raw['__key__']}: image does not decode: {type(exc).__name__}: {exc}") from exc
+
+
+def _raised_by_decoder(exc: BaseException) -> bool:
+    modules = (frame.f_globals.get("__name__", "") for frame, _ in traceback.walk_tb(exc.__traceback__))
+    return any(name.startswith(DECODER_MODULES) for name in modules)
+
+
+def _decode_latent(raw: dict, shape: tuple):
+    data = _field(raw, LATENT_FIELD)
+    expected = 2 * int(np.prod(shape))  # bfloat16: 2 bytes a value
+    if len(data) != expected:
+        raise BadSample(f"sample {raw['__key__']}: latent has {len(data)} bytes, {expected} expected for shape {tuple(shape)}")
+    return latent_from_bytes(data, shape)
+
+
+def _decode_label(raw: dict) -> int:
+    try:
+        return int(raw["cls"])
+    except ValueError:  # int() of bytes that are not a decimal integer
+        raise BadSample(f"sample {raw['__key__']}: class label {raw['cls'][:20]!r} is not an integer") from None
+
+
+def _decode_text(raw: dict) -> str:
+    try:
+        return raw["txt"].decode()
+    except UnicodeDecodeError as exc:
+        raise BadSample(f"sample {raw['__key__']}: caption is not UTF-8 ({exc.reason})") from None
+
+
+def check_label_range(low: int, high: int, num_classes: Optional[int]) -> None:
+    """ConfigError naming stage2.model.num_classes when labels low..high do not fit 0..num_classes-1
+    (-1 stands for a sample without a label). No check when num_classes is None."""
+    if num_classes is not None and (low < 0 or high >= num_classes):
+        raise ConfigError("stage2.model.num_classes", f"the data has labels {low}..{high} but the model has classes "
+                          f"0..{num_classes - 1}", "use labelled shards and set stage2.model.num_classes to their class count")
 
 
 class ShardReader(IterableDataset):
     """One rank's global batches of one epoch, from `start_batch` on: yields
-    {"batch": g, "samples": [decoded...], "bad": unreadable samples skipped}."""
+    {"batch": g, "samples": [decoded...], "bad": unreadable samples skipped, "problem": the last one's story}."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, epoch: int,
                  resolution: int, train: bool = True, start_batch: int = 0, drop_last: bool = False, flip: bool = True):
@@ -144,18 +215,21 @@ class ShardReader(IterableDataset):
             yield self.load_batch(g)
 
     def load_batch(self, g: int) -> dict:
+        """{"batch": g, "samples", "bad": count, "problem": the last bad sample's description or None}."""
         start, end = self.rank_slice(g)
-        samples, bad = [], 0
+        samples, bad, problem = [], 0, None
         for shard, first, stop, run_start in self.order.runs(start, end):
             raws = read_run(shard, first, stop)
-            bad += (stop - first) - len(raws)
+            if len(raws) < stop - first:
+                bad += (stop - first) - len(raws)
+                problem = f"{shard.url}: {(stop - first) - len(raws)} samples cut off (truncated tar)"
             for j, raw in enumerate(raws):  # a truncated run loses its tail, so j is the sample's place
                 rng = np.random.default_rng([self.seed, self.epoch, run_start + j]) if self.train else None
                 try:
                     samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape, self.flip))
-                except Exception:  # corrupt image bytes: skip and count
-                    bad += 1
-        return {"batch": g, "samples": samples, "bad": bad}
+                except BadSample as exc:
+                    bad, problem = bad + 1, str(exc)
+        return {"batch": g, "samples": samples, "bad": bad, "problem": problem}
 
 
 def collate(samples: list) -> dict:
@@ -165,7 +239,7 @@ def collate(samples: list) -> dict:
     # them to [-1, 1] with to_unit_range, on the device.
     batch[name] = torch.stack([s[field] for s in samples]) if samples else torch.empty(0)
     if samples and "cls" in samples[0]:
-        batch["cond"] = torch.tensor([s["cls"] for s in samples])
+        batch["cond"] = torch.tensor([s.get("cls", -1) for s in samples])  # -1: no label, as in pipeline.py
     if samples and "txt" in samples[0]:
         batch["txt"] = [s["txt"] for s in samples]
     return batch
@@ -173,12 +247,13 @@ def collate(samples: list) -> dict:
 
 class ResumableLoader:
     """Iterates a rank's batches across epochs; state_dict() is exact at every yielded batch.
-    Batches: {"keys", "images" (uint8, B x 3 x R x R) or "latents" (float), "cond"?, "txt"?}."""
+    Batches: {"keys", "images" (uint8, B x 3 x R x R) or "latents" (float), "cond"?, "txt"?}.
+    `num_classes`: labels must lie in 0..num_classes-1 (a class-conditional model), else ConfigError."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, resolution: int,
                  loader_workers: int = 0, max_bad_samples: int = 0, train: bool = True, drop_last: bool = False,
-                 flip: bool = True):
-        self.drop_last, self.flip = drop_last, flip
+                 flip: bool = True, num_classes: Optional[int] = None):
+        self.drop_last, self.flip, self.num_classes = drop_last, flip, num_classes
         self.shards, self.global_batch, self.rank, self.world_size = shards, global_batch, rank, world_size
         self.seed, self.resolution, self.loader_workers, self.train = seed, resolution, loader_workers, train
         self.max_bad_samples = max_bad_samples
@@ -201,15 +276,21 @@ class ResumableLoader:
         reader = self._reader()  # loader workers with no batch left simply finish: nothing waits on them
         loader = DataLoader(reader, batch_size=None, num_workers=self.loader_workers, collate_fn=lambda x: x)
         for item in loader:
-            self._count_bad(item["bad"])
+            self._count_bad(item["bad"], item["problem"])
+            self._check_labels(item["samples"])  # here, not in a loader worker, so ConfigError arrives as itself
             self.next_batch = item["batch"] + 1
             yield collate(item["samples"])
         self.epoch, self.next_batch, self.bad_samples = self.epoch + 1, 0, 0
 
-    def _count_bad(self, bad: int) -> None:
+    def _count_bad(self, bad: int, problem: Optional[str]) -> None:
         """The budget is per epoch: a permanently corrupt sample is met once per epoch."""
         self.bad_samples += bad
         self.bad_samples_total += bad
         if self.bad_samples > self.max_bad_samples:
             raise BadDataError(f"{self.bad_samples} unreadable samples this epoch, over the budget data.max_bad_samples="
-                               f"{self.max_bad_samples}: check the shards (manifest checksums) or raise the budget")
+                               f"{self.max_bad_samples} (latest: {problem}): check the shards (manifest checksums) or raise the budget")
+
+    def _check_labels(self, samples: list) -> None:
+        if self.num_classes is not None and samples:
+            labels = [s.get("cls", -1) for s in samples]
+            check_label_range(min(labels), max(labels), self.num_classes)

@@ -15,14 +15,13 @@ import sys
 from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
-# DeepSpeed picks its accelerator when first imported; without a GPU it must be told "cpu"
-# (DESIGN.md), and its collectives then run on gloo.
-os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-
-import deepspeed  # noqa: E402
-import torch.distributed as dist  # noqa: E402
+# deepspeed is imported inside the functions, through import_deepspeed: DeepSpeed picks its accelerator
+# when first imported, and setting that up is process set-up, not something importing rqscale may do.
+from rqscale.engine.safe_checkpoint import verify_deepspeed_files
+from rqscale.engine.setup import import_deepspeed
 
 UNIVERSAL_SUFFIX = "_universal"
 
@@ -46,6 +45,7 @@ def init_distributed() -> None:
     os.environ: child processes would inherit those and collide on the port."""
     if dist.is_initialized():
         return
+    deepspeed = import_deepspeed()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:  # a launcher set the rendezvous
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
@@ -69,6 +69,7 @@ def build_engine(module: EngineModule, param_groups: list, optimizer: torch.opti
     config = dict(config)
     if universal:
         config["checkpoint"] = {"load_universal": True}
+    deepspeed = import_deepspeed()
     engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=param_groups,
                                            lr_scheduler=scheduler, config=config, dist_init_required=False)
     return engine
@@ -88,6 +89,7 @@ def load_engine_checkpoint(engine, directory: str, tag: str, weight_decays: list
     per step, corrupting the bias correction (measured: a 2->1 resume drifted 3.5e-5 from the
     2-rank run in two steps until each group got its own counter).
     """
+    verify_deepspeed_files(directory, tag)  # DeepSpeed unpickles with weights_only=False (safe_checkpoint.py)
     path, _ = engine.load_checkpoint(directory, tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True)
     if path is None:
         raise FileNotFoundError(f"DeepSpeed found no checkpoint '{tag}' under {directory}")
@@ -103,6 +105,7 @@ def load_engine_checkpoint(engine, directory: str, tag: str, weight_decays: list
 def to_universal(directory: str, tag: str) -> str:
     """Convert <directory>/<tag> (any number of ranks) into <directory>/<tag>_universal; return that tag."""
     out_tag = tag + UNIVERSAL_SUFFIX
+    verify_deepspeed_files(directory, tag)  # ds_to_universal unpickles every shard with weights_only=False
     cmd = [sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", os.path.join(directory, tag),
            "--output_folder", os.path.join(directory, out_tag), "--num_extract_workers", "1", "--num_merge_workers", "1"]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ})
@@ -125,8 +128,10 @@ def consolidated_state_dict(engine) -> Optional[dict]:
 
 def fp32_state_dict_from_checkpoint(directory: str, tag: str) -> dict:
     """fp32 weights (and buffers) of `net` from DeepSpeed checkpoint files, any ZeRO stage >= 1."""
+    import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    verify_deepspeed_files(directory, tag)  # zero_to_fp32 unpickles with weights_only=False
     state = get_fp32_state_dict_from_zero_checkpoint(directory, tag=tag)
     return _strip(state, "net.")
 

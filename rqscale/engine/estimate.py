@@ -23,8 +23,10 @@ PARAM_16, GRAD_16, STATES_32 = 2, 2, 16  # bytes per parameter, DeepSpeed's conv
 
 
 def _deepspeed_zero():
-    """DeepSpeed's ZeRO modules. Importing this package already ran rqscale/engine/engine.py, which sets
-    DS_ACCELERATOR before DeepSpeed is first imported."""
+    """DeepSpeed's ZeRO modules, imported after its accelerator is chosen (rqscale/engine/setup.py)."""
+    from rqscale.engine.setup import import_deepspeed
+
+    import_deepspeed()
     from deepspeed.runtime.zero import stage3, stage_1_and_2
 
     return stage_1_and_2, stage3

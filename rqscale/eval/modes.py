@@ -30,10 +30,11 @@ def checkpoint_config(path: str):
     """The config stored in a consolidated checkpoint, without reading its weights (memory-mapped)."""
     from rqscale.config import from_yaml_text
     from rqscale.sampling.checkpoint import FORMAT
+    from rqscale.utils.safe_load import load_plain
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: '{path}' (--checkpoint wants the rqtransformer.pt a stage-2 run writes)")
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    state = load_plain(path, map_location="cpu", mmap=True)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"'{path}' is not an rqscale stage-2 checkpoint (format {FORMAT})")
     return from_yaml_text(state["config"])

@@ -8,8 +8,11 @@
   data readers use), name = run.name, FailureConfig(train.max_failures), checkpoints kept =
   checkpoint.keep. Resubmitting the same name resumes from its newest complete checkpoint.
 - Deterministic errors inside a worker (bad data, labels the config cannot hold, repeated
-  non-finite losses, a missing file) are written to <run>/rqscale_fatal.json; the driver watches for it
-  and stops at once instead of letting Ray retry a run that cannot succeed.
+  non-finite losses, a missing file) stop the run at once instead of letting Ray retry a run that cannot
+  succeed: a handshake through a Ray actor, with no timing assumption (rqscale/launch/failures.py).
+- A worker that raises anything writes its traceback to <log dir>/error_rank<r>.log first.
+- `step_hook` (called before each step on every rank; fault injection, rqscale/bench/faults.py) reaches
+  the workers pickled in train_loop_config.
 """
 from __future__ import annotations
 
@@ -17,30 +20,28 @@ import json
 import os
 import sys
 import threading
-import time
-import uuid
 from typing import Callable, Optional
 
 from rqscale.config import Config, from_yaml_text, to_yaml
-from rqscale.data.storage import filesystem, is_s3, join, read_bytes, write_bytes_atomic
+from rqscale.data.storage import filesystem, is_s3, join, read_bytes
+from rqscale.launch.failures import (FatalRunError, new_channel, one_line, raise_if_fatal, report_fatal, stop_on_fatal,
+                                     write_traceback)
 
-FATAL = "rqscale_fatal.json"
-FATAL_POLL_S, FATAL_GRACE_S = 1.0, 15.0  # the driver checks every second; a failing worker waits 15 s
+__all__ = ["FatalRunError", "RaySession", "build_trainer", "launch", "train_fn", "with_absolute_paths"]
+
 # Passed to workers on a cluster (a local Ray's workers inherit the whole environment anyway).
 # Never credentials: on a cluster those come from the nodes' instance role.
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "RQSCALE_RUNS", "RQSCALE_FAULT_KILL_AT_STEP")
-
-
-class FatalRunError(RuntimeError):
-    """A worker hit an error that retrying cannot fix; the message is the worker's."""
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "RQSCALE_RUNS")
 
 
 def _deterministic_errors() -> tuple:
     from rqscale.config import ConfigError
     from rqscale.data.reader import BadDataError
     from rqscale.train.telemetry import NonFiniteLossError
+    from rqscale.utils.collectives import CollectiveDeviceError
+    from rqscale.utils.safe_load import UnsafeCheckpointError
 
-    return ConfigError, BadDataError, NonFiniteLossError, FileNotFoundError
+    return ConfigError, BadDataError, NonFiniteLossError, FileNotFoundError, UnsafeCheckpointError, CollectiveDeviceError
 
 
 class RaySession:
@@ -79,18 +80,26 @@ def _quiet_worker_logs() -> None:
 
 
 def train_fn(loop_config: dict) -> None:
-    """What every Ray Train worker runs."""
-    from rqscale.train.worker import Worker, run_uri_of
+    """What every Ray Train worker runs: the rqscale Worker, with failures recorded (rqscale/launch/failures.py)."""
+    from rqscale.engine.setup import configure_process
 
-    cfg = from_yaml_text(loop_config["config_yaml"])
+    configure_process()  # before anything imports deepspeed
+    import ray.train
+    from rqscale.train.worker import Worker, log_dir_of
+
+    cfg, channel = from_yaml_text(loop_config["config_yaml"]), loop_config["channel"]
+    raise_if_fatal(channel)  # a worker group Ray starts after a deterministic error does nothing
     _quiet_worker_logs()
     try:
-        Worker(cfg, RaySession(), log=_write_line).run()
-    except _deterministic_errors() as exc:
-        marker = {"submission": loop_config["submission"], "error": f"{type(exc).__name__}: {exc}"}
-        write_bytes_atomic(join(run_uri_of(cfg), FATAL), json.dumps(marker).encode())
-        time.sleep(FATAL_GRACE_S)  # the driver stops the run before Ray would restart the group
-        raise
+        Worker(cfg, RaySession(), log=_write_line, step_hook=loop_config["step_hook"]).run()
+    except Exception as exc:
+        rank = ray.train.get_context().get_world_rank()
+        where = write_traceback(log_dir_of(cfg), f"error_rank{rank}.log", exc)
+        if not isinstance(exc, _deterministic_errors()):
+            raise  # Ray Train retries it (train.max_failures)
+        message = f"{one_line(exc)} [rank {rank}; traceback: {where}]"
+        report_fatal(channel, message)  # returns once the driver's channel has it: then raise
+        raise FatalRunError(message) from exc
 
 
 # ---- the driver --------------------------------------------------------------------------------
@@ -143,7 +152,8 @@ def _storage(cfg: Config) -> tuple:
     return cfg.run.output_dir[len("s3://"):].rstrip("/"), pyarrow.fs.PyFileSystem(handler)
 
 
-def build_trainer(cfg: Config, submission: str):
+def build_trainer(cfg: Config, channel, step_hook: Optional[Callable] = None):
+    """The TorchTrainer; `channel` is the FatalChannel actor the workers report deterministic errors to."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -153,12 +163,16 @@ def build_trainer(cfg: Config, submission: str):
     path, fs = _storage(cfg)
     return TorchTrainer(
         train_fn,
-        train_loop_config={"config_yaml": to_yaml(cfg), "submission": submission},
+        train_loop_config={"config_yaml": to_yaml(cfg), "channel": channel, "step_hook": step_hook},
+        # Plain NCCL on GPUs, not a device-mapped "cpu:gloo,cuda:nccl" (which Ray 2.60 also accepts): every
+        # collective of rqscale's runs on the engine's device (rqscale/utils/collectives.py), so a host tensor
+        # reaching a collective is a bug, and NCCL makes it fail loudly instead of silently taking gloo.
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpu, resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RunConfig(name=cfg.run.name, storage_path=path, storage_filesystem=fs,
                              failure_config=FailureConfig(max_failures=t.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+                             callbacks=[stop_on_fatal()]),
     )
 
 
@@ -168,18 +182,10 @@ def _cluster_has_gpus() -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def _fatal(cfg: Config, submission: str) -> Optional[str]:
-    url = join(join(cfg.run.output_dir, cfg.run.name), FATAL)
-    try:
-        marker = json.loads(read_bytes(url))
-    except (FileNotFoundError, OSError, ValueError):
-        return None
-    return marker["error"] if marker.get("submission") == submission else None
-
-
-def launch(cfg: Config, log: Callable[[str], None] = print) -> dict:
-    """Run the training job on Ray Train; return rank 0's summary. Raises FatalRunError at once
-    when a worker reports a deterministic error."""
+def launch(cfg: Config, log: Callable[[str], None] = print, step_hook: Optional[Callable] = None) -> dict:
+    """Run the training job on Ray Train; return rank 0's summary. Raises FatalRunError at once when a
+    worker reports a deterministic error. `step_hook(step=, rank=, fresh=, log_dir=)` runs before each
+    step on every rank (it must pickle: Ray ships it to the workers)."""
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # Train V2 (DESIGN.md): elastic scaling, restarts
     import ray
 
@@ -187,29 +193,43 @@ def launch(cfg: Config, log: Callable[[str], None] = print) -> dict:
     os.environ["RQSCALE_RUNS"] = os.path.abspath(os.environ.get("RQSCALE_RUNS", "runs"))  # local logs of s3 runs
 
     started = _init_ray(cfg)
-    submission = uuid.uuid4().hex
-    outcome: dict = {}
-    thread = threading.Thread(target=_fit, args=(build_trainer(cfg, submission), outcome), daemon=True)
     try:
-        thread.start()
-        while thread.is_alive():
-            thread.join(timeout=FATAL_POLL_S)
-            error = _fatal(cfg, submission)
-            if error:
-                raise FatalRunError(error)
-        if "error" in outcome:
-            raise outcome["error"]
+        channel = new_channel()
+        _fit_until_done_or_fatal(build_trainer(cfg, channel, step_hook), channel, attached=not started)
         return _read_summary(cfg)
     finally:
         if started:
-            ray.shutdown()
+            ray.shutdown()  # also ends a run stopped by a fatal error: its workers are this cluster's
 
 
-def _fit(trainer, outcome: dict) -> None:
+def _fit_until_done_or_fatal(trainer, channel, attached: bool) -> None:
+    """trainer.fit() in a thread while this one waits on the channel, which wakes on a worker's fatal
+    report or when fit() ends; no polling, no timeout (rqscale/launch/failures.py)."""
+    import ray
+
+    outcome: dict = {}
+    thread = threading.Thread(target=_fit, args=(trainer, channel, outcome), daemon=True)
+    thread.start()
+    error = ray.get(channel.wait.remote())
+    if error is not None:
+        if attached:  # on a shared cluster, return only once Ray Train has stopped the run (StopOnFatal)
+            thread.join()
+        raise FatalRunError(error)
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _fit(trainer, channel, outcome: dict) -> None:
     try:
         outcome["result"] = trainer.fit()
     except BaseException as exc:  # handed to the main thread, which raises it
         outcome["error"] = exc
+    finally:
+        import ray
+
+        if ray.is_initialized():  # not after a fatal stop's ray.shutdown(): nobody is waiting then
+            channel.finish.remote()
 
 
 def _read_summary(cfg: Config) -> dict:

@@ -28,6 +28,10 @@ GPUS = {
     "a100-80gb": GPU("a100-80gb", 80 * GIB, 312e12, "NVIDIA A100 datasheet: BF16 tensor core 312 TFLOPS dense, 80GB HBM2e"),
     "h100-80gb": GPU("h100-80gb", 80 * GIB, 989e12,
                      "NVIDIA H100 datasheet, SXM: BF16 tensor core 1,979 TFLOPS with sparsity, 989 dense, 80GB HBM3"),
+    # The H200 SXM is the H100's Hopper chip with more memory: the same tensor-core rates. nvidia-smi shows
+    # 143,771 MiB (140.4 GiB) on the device tool's H200 (its KINDS.md, 2026-10-27); the reserve absorbs it.
+    "h200-141gb": GPU("h200-141gb", 141 * GIB, 989e12,
+                      "NVIDIA H200 datasheet, SXM: BF16 tensor core 1,979 TFLOPS with sparsity, 989 dense, 141GB HBM3e"),
 }
 
 

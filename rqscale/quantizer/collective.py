@@ -1,16 +1,16 @@
 """Collectives the codebook EMA needs, passed in so one process and N processes run the same code.
 
 The quantizer only ever calls `all_reduce_sum` and `broadcast`; which implementation backs them is
-the caller's choice. `LocalCollective` is the identity (one process). `TorchDistCollective` uses
-torch.distributed on an optional process group, and falls back to local behaviour when no process
-group is initialised, which is what a model built before `init_process_group` needs.
+the caller's choice. `LocalCollective` is the identity (one process). On a process group the trainer
+passes `rqscale.utils.collectives.DeviceCollectives(engine device)`, which checks that every tensor is
+on that device; a quantizer built on its own gets one that accepts any device (and is the identity
+when no process group is initialised).
 """
 from __future__ import annotations
 
-from typing import Optional, Protocol
+from typing import Protocol
 
 import torch
-import torch.distributed as dist
 
 
 class Collective(Protocol):
@@ -29,19 +29,7 @@ class LocalCollective:
         return None
 
 
-class TorchDistCollective:
-    """torch.distributed on `group` (None = world), a no-op when not initialised."""
+def default_collective() -> Collective:
+    from rqscale.utils.collectives import DeviceCollectives
 
-    def __init__(self, group: Optional[object] = None):
-        self.group = group
-
-    def _active(self) -> bool:
-        return dist.is_available() and dist.is_initialized()
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> None:
-        if self._active():
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
-
-    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> None:
-        if self._active():
-            dist.broadcast(tensor, src=src, group=self.group)
+    return DeviceCollectives(device=None)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rqscale.quantizer.codebook import EMACodebook
-from rqscale.quantizer.collective import Collective, TorchDistCollective
+from rqscale.quantizer.collective import Collective, default_collective
 
 
 @dataclass
@@ -45,7 +45,13 @@ class ResidualQuantizer(nn.Module):
         self.shared_codebook = shared_codebook
         books = 1 if shared_codebook else depth
         self.codebooks = nn.ModuleList(EMACodebook(num_codes, dim, decay, restart_unused) for _ in range(books))
-        self.collective: Collective = collective or TorchDistCollective()
+        self.collective: Collective = collective or default_collective()
+
+    def refresh_restart_budgets(self) -> None:
+        """At a logging/checkpoint step: let each codebook skip restarts that provably restart nothing."""
+        for book in self.codebooks:
+            if book.restart_unused:
+                book.refresh_restart_budget()
 
     def book(self, d: int) -> EMACodebook:
         return self.codebooks[0 if self.shared_codebook else d]

@@ -14,6 +14,7 @@ import torch
 
 from rqscale.config import Config, from_yaml_text, to_yaml
 from rqscale.models import RQVAE, RQTransformer
+from rqscale.utils.safe_load import load_plain
 
 FORMAT = "rqscale-stage2/1"
 
@@ -30,7 +31,7 @@ def load_consolidated(path: str, device: str = "cpu"):
     """-> (cfg, rqvae, model), both in eval mode. A missing or foreign file is a clear error."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: '{path}' (expected the rqtransformer.pt a stage-2 run writes)")
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = load_plain(path, map_location=device)  # strings, dicts and tensors only: nothing in it runs
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"'{path}' is not an rqscale stage-2 checkpoint (format {FORMAT})")
     cfg = from_yaml_text(state["config"])

@@ -148,11 +148,13 @@ class Stage2Task(nn.Module):
 
     @staticmethod
     def _text_loss(text_logits: torch.Tensor, caption: torch.Tensor, dropped: torch.Tensor) -> torch.Tensor:
-        """Next-token loss on the captions actually fed in: rows given the null caption are excluded."""
-        kept = ~dropped
-        if not kept.any():
-            return text_logits.sum() * 0.0
-        return F.cross_entropy(text_logits[kept].float().flatten(0, 1), caption[kept][:, 1:].flatten())
+        """Next-token loss on the captions actually fed in: rows given the null caption are excluded.
+
+        A masked mean rather than selecting the kept rows, whose count the host would have to read
+        (a sync); with every row dropped the loss is 0 and still part of the graph."""
+        per_token = F.cross_entropy(text_logits.float().flatten(0, 1), caption[:, 1:].flatten(), reduction="none")
+        kept = (~dropped).float().unsqueeze(1).expand(-1, caption.shape[1] - 1).reshape(-1)
+        return (per_token * kept).sum() / kept.sum().clamp_min(1.0)
 
     def trainable_parameters(self):
         return [p for p in self.model.parameters() if p.requires_grad]

@@ -2,11 +2,14 @@
 
 A bad config prints one line naming the key and the fix, and exits with status 2 before Ray or any
 worker starts. A deterministic error inside a worker stops the run at once (status 1), without retries.
+Any failure prints one line with the error's type and message and where its full traceback is: the
+worker's <log dir>/error_rank<r>.log, or <log dir>/error.log written here.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable, Optional, Sequence
 
 from rqscale.config import ConfigError, load
 
@@ -29,7 +32,9 @@ def describe(summary: dict) -> list:
             f"checkpoint written to {summary['checkpoint']}", f"samples written to {summary['picture']}"]
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None, *, step_hook: Optional[Callable] = None) -> int:
+    """The CLI; `step_hook(step=, rank=, fresh=, log_dir=)` runs before each training step on every
+    rank (fault injection: rqscale/bench/faults.py)."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         cfg = load(args.config, args.overrides)
@@ -38,6 +43,7 @@ def main(argv=None) -> int:
         return 2
     from rqscale.launch.trainer import FatalRunError, launch  # heavy imports only after validation
     from rqscale.train.loop import check_runnable, run_dir_of
+    from rqscale.train.worker import log_dir_of
 
     try:
         check_runnable(cfg)
@@ -46,16 +52,25 @@ def main(argv=None) -> int:
         return 2
     print(f"rqscale: training {cfg.stage} '{cfg.run.name}' on {cfg.train.num_workers} Ray workers -> {run_dir_of(cfg)}", flush=True)
     try:
-        summary = launch(cfg, log=lambda line: print(line, flush=True))
-    except FatalRunError as exc:
+        summary = launch(cfg, log=lambda line: print(line, flush=True), step_hook=step_hook)
+    except FatalRunError as exc:  # the worker's one line already says where its traceback is
         print(f"rqscale: error (not retried): {exc}", file=sys.stderr)
         return 1
     except Exception as exc:  # Ray's TrainingFailedError after train.max_failures restarts, and the like
-        print(f"rqscale: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"rqscale: training failed: {failure_line(exc, log_dir_of(cfg))}", file=sys.stderr)
         return 1
     for line in describe(summary):
         print(f"rqscale: {line}")
     return 0
+
+
+def failure_line(exc: BaseException, log_dir: str) -> str:
+    """The root cause on one line, and the file (<log dir>/error.log) that has the full traceback:
+    Ray's wrapper included, whose text holds every failed worker's own traceback."""
+    from rqscale.launch.failures import one_line, root_cause, write_traceback
+
+    where = write_traceback(log_dir, "error.log", exc)
+    return f"{one_line(root_cause(exc))} [full traceback: {where}]"
 
 
 if __name__ == "__main__":

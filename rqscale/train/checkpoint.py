@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from rqscale.data.storage import filesystem, is_s3, join, write_bytes_atomic
+from rqscale.utils.safe_load import load_plain
 
 MARKER = "rqscale_complete.json"
 _NAME = re.compile(r"^checkpoint_(\d{8})$")
@@ -138,16 +139,26 @@ def prune(run_uri: str, keep: int) -> None:
 # ---- one rank's own state -------------------------------------------------------------------
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The torch, numpy, python (and CUDA) RNG states as tensors, strings, ints and floats only, so
+    that rank_<r>.pt loads with weights_only=True (np.random.get_state() holds an ndarray, which
+    would need numpy's pickled globals)."""
+    key, mt, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    mt = torch.from_numpy(mt.astype(np.int64))  # int64 holds every uint32 word of the Mersenne Twister exactly
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"key": key, "mt": mt, "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+             "python": {"version": version, "internal": list(internal), "gauss_next": gauss_next}}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() saved: every stream continues exactly where it was."""
+    n, p = state["numpy"], state["python"]
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    np.random.set_state((n["key"], n["mt"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate((p["version"], tuple(p["internal"]), p["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 
@@ -157,6 +168,9 @@ def save_rank_state(local_dir: str, rank: int, state: dict) -> None:
 
 
 def load_rank_state(local_dir: str, rank: int) -> Optional[dict]:
-    """This rank's saved state, or None when the checkpoint had fewer ranks (an elastic resize)."""
+    """This rank's saved state, or None when the checkpoint had fewer ranks (an elastic resize).
+
+    Plain values only (weights_only): the file comes from storage, where anyone with write access
+    could have replaced it, and unpickling it must not run their code."""
     path = os.path.join(local_dir, f"rank_{rank}.pt")
-    return torch.load(path, map_location="cpu", weights_only=False) if os.path.exists(path) else None
+    return load_plain(path, map_location="cpu") if os.path.exists(path) else None

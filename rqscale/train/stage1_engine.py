@@ -8,7 +8,6 @@ turns autocast off for itself (quantizer/residual.py). LPIPS is a fixed metric o
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from typing import Optional, Sequence
 
@@ -18,20 +17,23 @@ from rqscale.config import Config
 from rqscale.engine import EngineModule, build_engine, deepspeed_config, fp32_state_dict_from_checkpoint
 from rqscale.engine import load_engine_checkpoint, save_engine_checkpoint
 from rqscale.models import RQVAE
+from rqscale.quantizer import code_histogram
 from rqscale.tasks import Stage1Task
 from rqscale.train.engine_step import engine_step
 from rqscale.train.optim import build_optimizer, build_scheduler
 from rqscale.train.stage1 import load_init_weights, reconstruction_picture
+from rqscale.utils.collectives import DeviceCollectives
 
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"
 
 
 def code_statistics(codes: torch.Tensor, num_codes: int) -> dict:
-    """Share of the codebook used in a batch, and the perplexity exp(H) of its code histogram."""
-    counts = torch.bincount(codes.flatten(), minlength=num_codes).float()
+    """Share of the codebook used in a batch, and the perplexity exp(H) of its code histogram, as
+    device tensors (xlogy: 0 log 0 = 0 without selecting the used codes, which would sync)."""
+    counts = code_histogram(codes, num_codes)
     p = counts / counts.sum()
-    entropy = -(p[p > 0] * p[p > 0].log()).sum()
-    return {"code_usage": float((counts > 0).float().mean()), "code_perplexity": float(math.exp(entropy))}
+    entropy = -torch.special.xlogy(p, p).sum()
+    return {"code_usage": (counts > 0).float().mean(), "code_perplexity": entropy.exp()}
 
 
 class Stage1Engines:
@@ -39,23 +41,26 @@ class Stage1Engines:
 
     def __init__(self, cfg: Config, world_size: int, device: torch.device, universal: bool = False):
         self.cfg, self.device = cfg, device
+        self.collectives = DeviceCollectives(device)
         self.task = Stage1Task(cfg)
         if cfg.run.init_from:
             load_init_weights(self.task.rqvae, cfg.run.init_from, "run.init_from")
+        self.task.rqvae.quantizer.collective = self.collectives  # codebook EMA statistics and restarts
         self.task.to(device)
         o = cfg.stage1.optim
-        self.generator, self.sched_g = self._engine(self.task.rqvae, self._generator_losses, o.lr, world_size, universal)
-        self.discriminator, self.sched_d = self._engine(self.task.discriminator, self._discriminator_losses, o.disc_lr, world_size, universal)
+        self.generator, self.opt_g, self.sched_g = self._engine(self.task.rqvae, self._generator_losses, o.lr, world_size, universal)
+        self.discriminator, self.opt_d, self.sched_d = self._engine(self.task.discriminator, self._discriminator_losses, o.disc_lr, world_size, universal)
         self._step = 0
 
-    def _engine(self, net, objective, lr: float, world_size: int, universal: bool):
+    def _engine(self, net, objective, lr: float, world_size: int, universal: bool) -> tuple:
+        """(engine, client optimizer, scheduler) for one network."""
         o = self.cfg.stage1.optim
         params = [p for p in net.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, o, lr=lr)
         scheduler = build_scheduler(optimizer, o, self.cfg.train.max_steps)
         config = deepspeed_config(self.cfg, world_size, o.grad_clip)
         config["bf16"] = {"enabled": False}
-        return build_engine(EngineModule(net, objective), params, optimizer, scheduler, config, universal), scheduler
+        return build_engine(EngineModule(net, objective), params, optimizer, scheduler, config, universal), optimizer, scheduler
 
     def _autocast(self):
         if self.cfg.engine.precision != "bf16":
@@ -74,20 +79,26 @@ class Stage1Engines:
             return self.task.discriminator_losses(images, recon)
 
     def step(self, micro_batches: Sequence[dict], step: int) -> tuple:
+        """(metrics as device tensors, taken: 0-dim device flag, 0.0 when the step was skipped)."""
         self.task.train()
         self._step, self._recons, metrics = step, [], {}
         images = [b["images"] for b in micro_batches]
         self.task.discriminator.requires_grad_(False)  # the generator's loss must not leave gradients in D
         try:
-            finite = engine_step(self.generator, images, self.generator, metrics, prefix="g/")
+            taken = engine_step(self.generator, self.opt_g, images, self.generator, metrics, self.collectives, prefix="g/")
         finally:
             self.task.discriminator.requires_grad_(True)
-        metrics["g/grad_norm"] = float(self.generator.get_global_grad_norm() or 0.0)
-        if finite and self.task.disc_active(step):
-            finite = engine_step(self.discriminator, list(zip(images, self._recons)), lambda pair: self.discriminator(*pair), metrics, prefix="d/")
+        metrics["g/grad_norm"] = self.generator.get_global_grad_norm()
+        if self.task.disc_active(step):  # a skipped generator step skips D's too (its flag is folded in)
+            taken = engine_step(self.discriminator, self.opt_d, list(zip(images, self._recons)), lambda pair: self.discriminator(*pair),
+                                metrics, self.collectives, prefix="d/", finite_so_far=taken)
         metrics["lr"] = self.sched_g.get_last_lr()[0]
         metrics["loss"] = metrics["g/total"]
-        return metrics, finite
+        return metrics, taken
+
+    def on_sync(self) -> None:
+        """At a logging/checkpoint step (the host may read the device): plan codebook restarts."""
+        self.task.rqvae.quantizer.refresh_restart_budgets()
 
     def save(self, directory: str) -> None:
         save_engine_checkpoint(self.generator, directory, GENERATOR)

@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from rqscale.config import Config, ConfigError
+from rqscale.config import Config
 from rqscale.models import RQVAE
 from rqscale.sampling import SamplingParams, sample_codes
 from rqscale.tasks import Stage2Task
@@ -57,14 +57,6 @@ def load_rqvae(cfg: Config) -> RQVAE:
     model = RQVAE(cfg.rqvae)
     load_init_weights(model, cfg.stage2.rqvae_checkpoint, "stage2.rqvae_checkpoint")
     return model
-
-
-def check_class_labels(cfg: Config, labels: torch.Tensor) -> torch.Tensor:
-    m = cfg.stage2.model
-    if m.condition == "class" and (int(labels.max()) >= m.num_classes or int(labels.min()) < 0):
-        raise ConfigError("stage2.model.num_classes", f"the data has labels {int(labels.min())}..{int(labels.max())} "
-                          f"but the model has classes 0..{m.num_classes - 1}", "use labelled shards and set stage2.model.num_classes to their class count")
-    return labels
 
 
 @torch.no_grad()

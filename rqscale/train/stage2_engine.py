@@ -15,7 +15,8 @@ from rqscale.sampling.checkpoint import save_consolidated
 from rqscale.tasks import Stage2Task
 from rqscale.train.engine_step import engine_step
 from rqscale.train.optim import build_optimizer, build_scheduler
-from rqscale.train.stage2 import check_class_labels, decay_groups, load_rqvae, sample_picture
+from rqscale.train.stage2 import decay_groups, load_rqvae, sample_picture
+from rqscale.utils.collectives import DeviceCollectives
 
 ENGINE_TAG = "engine"
 
@@ -25,10 +26,11 @@ class Stage2Engines:
 
     def __init__(self, cfg: Config, world_size: int, device: torch.device, universal: bool = False):
         self.cfg = cfg
+        self.collectives = DeviceCollectives(device)
         self.task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
         o = cfg.stage2.optim
         groups = decay_groups(self.task.model, o.weight_decay)
-        optimizer = build_optimizer(groups, o)
+        self.optimizer = optimizer = build_optimizer(groups, o)
         scheduler = build_scheduler(optimizer, o, cfg.train.max_steps)
         config = deepspeed_config(cfg, world_size, o.grad_clip)
         self.engine = build_engine(EngineModule(self.task.model, self.task.losses), groups, optimizer, scheduler, config, universal)
@@ -36,16 +38,18 @@ class Stage2Engines:
         self.weight_decays = [g["weight_decay"] for g in groups]
 
     def step(self, micro_batches: Sequence[dict], step: int) -> tuple:
-        """(metrics, finite): one optimizer step over this rank's micro-batches."""
+        """(metrics as device tensors, taken: 0-dim device flag, 0.0 when the step was skipped): one
+        optimizer step over this rank's micro-batches. Class labels were range-checked by the reader."""
         self.task.train()
-        for batch in micro_batches:
-            check_class_labels(self.cfg, batch["cond"])
         metrics: dict = {}
-        finite = engine_step(self.engine, micro_batches, self.engine, metrics)
+        taken = engine_step(self.engine, self.optimizer, micro_batches, self.engine, metrics, self.collectives)
         metrics["loss"] = metrics["total"]
-        metrics["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        metrics["grad_norm"] = self.engine.get_global_grad_norm()
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        return metrics, finite
+        return metrics, taken
+
+    def on_sync(self) -> None:
+        """Nothing of stage 2 waits for a logging step."""
 
     def save(self, directory: str) -> None:
         save_engine_checkpoint(self.engine, directory, ENGINE_TAG)

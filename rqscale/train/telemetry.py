@@ -118,11 +118,13 @@ class Telemetry:
         self._file = open(path, "a")  # append: a resumed run continues the file
         self._writer = SummaryWriter(log_dir=os.path.join(self.log_dir, "tensorboard"), purge_step=resume_step)
 
-    def step(self, step: int, metrics: dict, samples: int, seconds: float, *, force_log: bool = False) -> dict:
+    def step(self, step: int, metrics: dict, samples: int, seconds: float, *, force_log: bool = False,
+             show: Optional[bool] = None) -> dict:
         """Record one optimizer step of `samples` images (all workers) taking `seconds`.
 
         Returns {"step", **metrics, images_per_s, tokens_per_s, tflops_per_worker, mfu, mem_gb};
-        prints a progress line every log_every steps, or when force_log (e.g. the last step)."""
+        prints a progress line every log_every steps, or when force_log (e.g. the last step); `show`,
+        when given, decides alone (the trainer shows the last step of each logging window)."""
         if not self.enabled:
             return {"step": step, **metrics}
         record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
@@ -133,7 +135,7 @@ class Telemetry:
             number = _number(value)
             if key != "step" and number is not None:
                 self._writer.add_scalar(scalar_tag(key), number, step)
-        if force_log or step % self.log_every == 0:
+        if show if show is not None else (force_log or step % self.log_every == 0):
             self.log(self.progress_line(record))
         return record
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import tempfile
-import time
 from typing import Callable, Optional
 
 import torch
@@ -27,11 +25,14 @@ from rqscale.train import checkpoint as ckpt
 from rqscale.train.flops import stage1_flops, stage2_flops, tokens_per_sample
 from rqscale.train.session import Session
 from rqscale.train.telemetry import NonFiniteGuard, Telemetry
+from rqscale.train.window import MetricWindow
+from rqscale.utils.collectives import DeviceCollectives
 from rqscale.utils.memory import retain_freed_memory
 
-# Fault injection for the kill-and-resume tests and the recovery benchmark: "STEP:RANK" SIGKILLs
-# that rank's process when it reaches STEP, in an attempt that started from scratch.
-FAULT_ENV = "RQSCALE_FAULT_KILL_AT_STEP"
+
+# Called before each step as hook(step=, rank=, fresh=, log_dir=): how tests and the recovery benchmark
+# inject faults (rqscale/bench/faults.py). `fresh` is False in an attempt that resumed a checkpoint.
+StepHook = Callable[..., None]
 PROGRESS_KEYS = {"stage1": ("g/recon", "g/commit", "g/lpips", "g/code_usage", "lr"),
                  "stage2": ("loss", "depth1", "grad_norm", "lr")}
 
@@ -49,9 +50,14 @@ def log_dir_of(cfg: Config) -> str:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device this process trains on. A bare "cuda" gets an index: the local rank's GPU, the one
+    DeepSpeed's engine binds to (LOCAL_RANK, which Ray Train sets), so collectives can be checked against it."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
 
 
 def _engines_class(cfg: Config):
@@ -70,12 +76,6 @@ def _flops(cfg: Config) -> tuple:
 
 # ---- resume ------------------------------------------------------------------------------------
 
-def _broadcast(value, src: int = 0):
-    box = [value]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
-
-
 def _other_rank_shard(name: str, rank: int) -> bool:
     """DeepSpeed's per-rank ZeRO files another rank needs, not this one."""
     import re
@@ -84,30 +84,36 @@ def _other_rank_shard(name: str, rank: int) -> bool:
     return m is not None and int(m.group(1)) != rank
 
 
-def find_restore(cfg: Config, tags: tuple, work: str, rank: int, world: int) -> Optional[dict]:
+def find_restore(cfg: Config, tags: tuple, work: str, rank: int, world: int, collectives: DeviceCollectives) -> Optional[dict]:
     """Download what this rank needs of the newest complete checkpoint; convert to universal when it
     was written by a different number of ranks. None for a fresh start."""
-    found = _broadcast(ckpt.latest_complete(run_uri_of(cfg)) if rank == 0 else None)
+    found = collectives.broadcast_object(ckpt.latest_complete(run_uri_of(cfg)) if rank == 0 else None)
     if found is None:
         return None
     url, marker = found
     local = os.path.join(work, "restore")
     if marker["world_size"] == world:
         ckpt.download(url, local, skip=lambda name: _other_rank_shard(name, rank))
-        return {"step": marker["step"], "dir": local, "tags": {t: t for t in tags}, "universal": False}
+        return {"step": marker["step"], "dir": local, "url": url, "tags": {t: t for t in tags}, "universal": False}
     if rank == 0:
         ckpt.download(url, local)
         for tag in tags:
             ckpt.publish_dir(os.path.join(local, to_universal(local, tag)), join(url, tag + "_universal"))
-    dist.barrier()
+    collectives.barrier()
     if rank != 0:
         ckpt.download(url, local, skip=lambda name: not (name.startswith(tuple(t + "_universal/" for t in tags)) or name.startswith("rank_")))
-    return {"step": marker["step"], "dir": local, "tags": {t: t + "_universal" for t in tags}, "universal": True}
+    return {"step": marker["step"], "dir": local, "url": url, "tags": {t: t + "_universal" for t in tags}, "universal": True}
 
 
 def _rank_state(restore: dict, rank: int) -> tuple:
-    """(this rank's saved state or None after a resize, rank 0's saved state)."""
-    return ckpt.load_rank_state(restore["dir"], rank), ckpt.load_rank_state(restore["dir"], 0)
+    """(this rank's saved state or None after a resize, rank 0's saved state). A refused file is named
+    by its place in storage, not by this worker's temporary copy."""
+    from rqscale.utils.safe_load import UnsafeCheckpointError
+
+    try:
+        return ckpt.load_rank_state(restore["dir"], rank), ckpt.load_rank_state(restore["dir"], 0)
+    except UnsafeCheckpointError as exc:
+        raise UnsafeCheckpointError(str(exc).replace(restore["dir"], restore["url"])) from None
 
 
 # ---- the loop ----------------------------------------------------------------------------------
@@ -115,16 +121,21 @@ def _rank_state(restore: dict, rank: int) -> tuple:
 class Worker:
     """One rank's training run. `run()` returns the summary on rank 0 (None elsewhere)."""
 
-    def __init__(self, cfg: Config, session: Session, log: Callable[[str], None] = print):
+    def __init__(self, cfg: Config, session: Session, log: Callable[[str], None] = print,
+                 step_hook: Optional[StepHook] = None):
         if resolve_device(cfg.train.device).type == "cpu":
             retain_freed_memory()  # CPU steps otherwise page-fault every large tensor in afresh (bench train)
+        self.device = resolve_device(cfg.train.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL and DeepSpeed use the current device
         init_distributed()
         self.cfg, self.session, self.log = cfg, session, log
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
-        self.device = resolve_device(cfg.train.device)
+        self.collectives = DeviceCollectives(self.device)  # every collective rqscale issues itself
         self.work = tempfile.mkdtemp(prefix=f"rqscale-{cfg.run.name}-r{self.rank}-")
         self.log_dir = log_dir_of(cfg)
         self.extra: dict = {}  # run facts that survive restarts (first loss, eval before training)
+        self.step_hook = step_hook
 
     def run(self) -> Optional[dict]:
         try:
@@ -135,12 +146,12 @@ class Worker:
     def _run(self) -> Optional[dict]:
         cfg = self.cfg
         engines_cls = _engines_class(cfg)
-        restore = find_restore(cfg, engines_cls.tags, self.work, self.rank, self.world)
+        restore = find_restore(cfg, engines_cls.tags, self.work, self.rank, self.world, self.collectives)
         if self.rank == 0:
             self.log(f"rqscale: worker group started: {self.world} workers, " + (f"resuming step {restore['step']}" if restore else "fresh start"))
+        self.data = RankBatches(cfg, self.rank, self.world, batch_plan(cfg, self.world)[1])  # first: bad labels fail fast
         torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank
         self.engines = engines_cls(cfg, self.world, self.device, universal=bool(restore and restore["universal"]))
-        self.data = RankBatches(cfg, self.rank, self.world, batch_plan(cfg, self.world)[1])
         self.guard = NonFiniteGuard(cfg.train.max_nonfinite_steps)
         start = self._restore(restore) if restore else self._fresh_start()
         self.telemetry = self._telemetry(start)
@@ -170,6 +181,7 @@ class Worker:
             ckpt.set_rng_state(own["rng"])
         else:  # a rank that did not exist before the resize: a fresh stream keyed by the step
             torch.manual_seed(self.cfg.run.seed * 1000 + self.rank + 1 + restore["step"])
+        self.engines.on_sync()  # what the uninterrupted run did at this (checkpoint) step
         if self.rank == 0:
             self.log(f"resumed from step {restore['step']} ({'universal, ' if restore['universal'] else ''}{self.world} workers)")
         return restore["step"]
@@ -182,28 +194,46 @@ class Worker:
                          keys=PROGRESS_KEYS[self.cfg.stage], log=self.log, resume_step=start or None)
 
     def _loop(self, start: int, fresh: bool) -> None:
+        """Steps queue device work only; the host reads metrics back at logging and checkpoint steps
+        (and once after the first step, so a person sees the run move)."""
         t, every = self.cfg.train, self.cfg.checkpoint.every_steps
+        window = MetricWindow(self.device)
         for step in range(start, t.max_steps):
-            if fresh:
-                _maybe_inject_fault(step, self.rank, self.log_dir)
-            began = time.perf_counter()
-            micro = [{k: v.to(self.device) for k, v in b.items()} for b in self.data.next_step()]
-            metrics, finite = self.engines.step(micro, step)
-            metrics = mean_over_ranks(metrics)
-            self.guard.check(metrics["loss"] if finite else float("nan"), step)
-            metrics["skipped_steps"] = self.guard.skipped_total
-            metrics["wall_time"] = time.time()  # when the step ended: recovery time after a failure
-            self.extra.setdefault("first_loss", metrics["loss"])
-            self.extra.setdefault("first_recon", metrics.get("g/recon"))
-            self.extra["last"] = metrics
-            metrics = self.telemetry.step(step, metrics, samples=t.global_batch, seconds=time.perf_counter() - began)
+            if self.step_hook is not None:
+                self.step_hook(step=step, rank=self.rank, fresh=fresh, log_dir=self.log_dir)
+            micro = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in self.data.next_step()]
+            metrics, taken = self.engines.step(micro, step)
+            window.add(step, {**metrics, "taken": taken})
             done = step + 1
-            if done % every == 0 or done == t.max_steps:
-                self._checkpoint(done, metrics)
-            elif done % t.log_every == 0:  # a Ray report synchronises the workers: not every step
-                self.session.report(metrics, None, done)
+            checkpoint = done % every == 0 or done == t.max_steps
+            logging = checkpoint or done % t.log_every == 0
+            if logging or step == start:
+                last = self._read_metrics(window, sync_point=logging)
+            if checkpoint:
+                self._checkpoint(done, last)
+            elif logging:  # a Ray report synchronises the workers: not every step
+                self.session.report(last, None, done)
             if t.picture_every and done % t.picture_every == 0 and done != t.max_steps:
                 self._picture(done)
+
+    def _read_metrics(self, window: MetricWindow, sync_point: bool) -> dict:
+        """Bring the window's metrics to the host (averaged over ranks), check the non-finite guard,
+        record every step; the last step's record. At logging/checkpoint steps the engines may also
+        read the device (stage 1 plans codebook restarts there); the extra first-step read may not, so
+        that a resumed run takes exactly the decisions of an uninterrupted one."""
+        if sync_point:
+            self.engines.on_sync()
+        records, seconds = window.reduce(self.collectives)
+        for record in records:
+            skipped = record.pop("taken") < 0.5
+            self.guard.check(float("nan") if skipped else record["loss"], record["step"])
+            record["skipped_steps"] = self.guard.skipped_total
+            self.extra.setdefault("first_loss", record["loss"])
+            self.extra.setdefault("first_recon", record.get("g/recon"))
+            shown = record is records[-1]
+            record = self.telemetry.step(record["step"], record, samples=self.cfg.train.global_batch, seconds=seconds, show=shown)
+        self.extra["last"] = record
+        return record
 
     def _checkpoint(self, done: int, metrics: dict) -> None:
         local = os.path.join(self.work, ckpt.checkpoint_name(done))
@@ -215,12 +245,12 @@ class Worker:
         if self.rank == 0:
             save_resolved(self.cfg, os.path.join(local, "config.yaml"))
         self.session.report(metrics, local, done)
-        dist.barrier()  # every rank's files are in storage before the marker makes them loadable
+        self.collectives.barrier()  # every rank's files are in storage before the marker makes them loadable
         if self.rank == 0:
             ckpt.mark_complete(run_uri_of(self.cfg), done, self.world)
             self.session.after_complete()
             self._sync_logs()
-        dist.barrier()
+        self.collectives.barrier()
         shutil.rmtree(local, ignore_errors=True)
 
     def _picture(self, done: int) -> None:
@@ -264,29 +294,8 @@ class Worker:
         _, rqvae, model = load_consolidated(weights)
         task = Stage2Task(self.cfg, rqvae)
         task.model.load_state_dict(model.state_dict())
+        task.to(self.device)  # on a GPU run, sampling the grid on the CPU would take minutes at full size
         picture = sample_picture(task, os.path.join(self.log_dir, "samples.png"), seed=self.cfg.run.seed)
         depth = self.cfg.rqvae.code_shape[2]
         return {**common, "checkpoint": weights, "picture": picture,
                 "loss_by_depth_last_step": [last.get(f"depth{d + 1}") for d in range(depth)]}
-
-
-def mean_over_ranks(metrics: dict) -> dict:
-    """Each metric averaged over ranks (one all-reduce), so rank 0 logs the global batch's values."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return metrics
-    keys = sorted(metrics)
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(values)
-    return dict(zip(keys, (values / dist.get_world_size()).tolist()))
-
-
-def _maybe_inject_fault(step: int, rank: int, log_dir: str) -> None:
-    spec = os.environ.get(FAULT_ENV)
-    if not spec:
-        return
-    kill_step, kill_rank = (int(x) for x in spec.split(":"))
-    if step == kill_step and rank == kill_rank:
-        os.makedirs(log_dir, exist_ok=True)
-        with open(os.path.join(log_dir, "faults.jsonl"), "a") as f:
-            f.write(json.dumps({"event": "sigkill", "step": step, "rank": rank, "time": time.time()}) + "\n")
-        os.kill(os.getpid(), signal.SIGKILL)

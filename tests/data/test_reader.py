@@ -112,6 +112,71 @@ def test_corrupt_samples_and_truncated_shards_are_skipped_and_counted(tmp_path):
         list(strict.epoch_batches())
 
 
+def bad_data_items():
+    """Each kind of bad data the reader must skip and count, among good digits."""
+    for i, item in enumerate(first_digits(20)):
+        if i == 2:
+            item = dict(item, jpg=b"not an image at all" * 20)  # PIL: UnidentifiedImageError
+        elif i == 5:
+            item = dict(item, jpg=item["jpg"][: len(item["jpg"]) // 2])  # torchvision's libjpeg: truncated
+        elif i == 7:
+            item = {k: v for k, v in item.items() if k != "jpg"}  # no image field at all
+        elif i == 9:
+            item = dict(item, cls="seven")  # a label that is not an integer
+        elif i == 11:
+            item = dict(item, txt=b"\xff\xfe caption")  # a caption that is not UTF-8
+        yield item
+
+
+@pytest.fixture(scope="module")
+def bad_data_shards(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad-data")
+    write_shards(bad_data_items(), str(out), "bad", max_samples=10)
+    return load_shards(str(out / "manifest.json"))
+
+
+def test_each_kind_of_bad_data_is_skipped_and_counted(bad_data_shards):
+    ok = loader(bad_data_shards, max_bad_samples=5)
+    keys = keys_of(ok.epoch_batches())
+    assert ok.state_dict()["bad_samples_total"] == 5
+    assert sorted(keys) == sorted(f"digit{i:05d}" for i in range(20) if i not in (2, 5, 7, 9, 11))
+    with pytest.raises(BadDataError, match="over the budget data.max_bad_samples=4 .latest: sample digit"):
+        list(loader(bad_data_shards, max_bad_samples=4).epoch_batches())
+
+
+@pytest.mark.parametrize("bug", [TypeError("a bug in rqscale"), AttributeError("a bug in rqscale"),
+                                 RuntimeError("a tensor bug in rqscale's crop")])
+def test_a_bug_in_decoding_propagates_instead_of_counting_as_bad_data(digit_shards, monkeypatch, bug):
+    """Only the image decoders' own errors count as bad data: the same types raised by rqscale are bugs."""
+    def broken(*args, **kwargs):
+        raise bug
+
+    monkeypatch.setattr("rqscale.data.reader.decode_image_uint8", broken)
+    broken_loader = loader(digit_shards, max_bad_samples=1000)
+    with pytest.raises(type(bug), match="a (tensor )?bug in rqscale"):
+        next(broken_loader.epoch_batches())
+    assert broken_loader.state_dict()["bad_samples_total"] == 0
+
+
+def test_labels_outside_num_classes_are_a_config_error(digit_shards):
+    """Digits have labels 0..9: a 5-class model cannot hold them. Checked on the host while reading."""
+    from rqscale.config import ConfigError
+
+    with pytest.raises(ConfigError, match="stage2.model.num_classes.*labels 0..9 but the model has classes 0..4"):
+        list(loader(digit_shards, num_classes=5).epoch_batches())
+    assert len(keys_of(loader(digit_shards, num_classes=10).epoch_batches())) == 200
+
+
+def test_bundled_labels_outside_num_classes_are_a_config_error():
+    from rqscale.config import ConfigError, load
+    from rqscale.data.pipeline import RankBatches
+    from tests.conftest import DEBUG_STAGE2
+
+    cfg = load(DEBUG_STAGE2, ["stage2.model.num_classes=5"], check_files=False)
+    with pytest.raises(ConfigError, match="config key 'stage2.model.num_classes': the data has labels 0..9"):
+        RankBatches(cfg, 0, 1, 1)
+
+
 def test_same_stream_from_s3(digit_shards, s3_bucket, tmp_path):
     out = f"{s3_bucket}/reader"
     write_shards(first_digits(200), out, "digits", max_samples=30)

@@ -4,7 +4,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from rqscale.quantizer import ResidualQuantizer, TorchDistCollective
+from rqscale.quantizer import ResidualQuantizer
+from rqscale.utils.collectives import DeviceCollectives
 
 
 def make_quantizer(restart: bool, collective=None) -> ResidualQuantizer:
@@ -22,7 +23,7 @@ def ema_rank(rank: int, world: int, port: int, steps: int, per_rank: int, restar
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.manual_seed(123 + rank)  # different local RNG: restarts must still agree via broadcast
-        rq = make_quantizer(restart, TorchDistCollective()).train()
+        rq = make_quantizer(restart, DeviceCollectives(torch.device("cpu"))).train()
         for step in range(steps):
             rq(data_for_step(step, rank, per_rank))
         torch.save(rq.state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))

@@ -16,10 +16,12 @@ from tests.conftest import DEBUG_STAGE2, REPO
 STEPS, EVERY = 6, 2
 
 
-def train_cli(*overrides, env=None, timeout=600):
-    """`python -m rqscale.train CONFIG overrides...` -> CompletedProcess (stdout + stderr merged)."""
+def train_cli(*overrides, kill_at=None, env=None, timeout=600):
+    """`python -m rqscale.train CONFIG overrides...` -> CompletedProcess (stdout + stderr merged).
+    kill_at="STEP:RANK" runs it through rqscale.bench.faults, whose step hook SIGKILLs that rank there."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "rqscale.train", *overrides], stdout=subprocess.PIPE,
+    module = ["rqscale.bench.faults", "--kill-at", kill_at] if kill_at else ["rqscale.train"]
+    return subprocess.run([sys.executable, "-m", *module, *overrides], stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, cwd=REPO, timeout=timeout, env=full_env)
 
 
@@ -37,7 +39,7 @@ DETERMINISTIC = ("stage2.loss.stochastic_codes=false",)
 
 
 def final_weights(run_dir) -> dict:
-    state = torch.load(os.path.join(run_dir, "rqtransformer.pt"), map_location="cpu", weights_only=False)
+    state = torch.load(os.path.join(run_dir, "rqtransformer.pt"), map_location="cpu", weights_only=True)
     return state["rqtransformer"]
 
 

@@ -41,8 +41,7 @@ def test_zero3_on_two_workers_matches_one_process(deterministic_run, rqvae_file)
 def test_killed_worker_is_restarted_and_resumes_exactly(random_run, rqvae_file, ray_runs):
     """SIGKILL rank 1 at step 3: Ray restarts the group from the step-2 checkpoint; the result equals
     the uninterrupted run (same data exactly once, restored RNG and optimizer state)."""
-    proc = train_cli(*stage2_overrides(rqvae_file, ray_runs, "killed", *RANDOM, "train.max_failures=2"),
-                     env={"RQSCALE_FAULT_KILL_AT_STEP": "3:1"})
+    proc = train_cli(*stage2_overrides(rqvae_file, ray_runs, "killed", *RANDOM, "train.max_failures=2"), kill_at="3:1")
     assert proc.returncode == 0, proc.stdout[-4000:]
     faults = [json.loads(line) for line in open(ray_runs / "killed" / "faults.jsonl")]
     assert [(f["step"], f["rank"]) for f in faults] == [(3, 1)]
@@ -79,3 +78,29 @@ def test_deterministic_worker_error_is_not_retried(rqvae_file, ray_runs):
     assert "error (not retried)" in proc.stdout and "stage2.model.num_classes" in proc.stdout
     starts = re.findall(r"pid=(\d+)\)\S* rqscale: worker group started", proc.stdout)
     assert len(set(starts)) == 1, starts  # one worker group (Ray may echo a line twice), no restart
+    # One line with the worker's own error and where its full traceback is; nothing left in storage.
+    line = next(line for line in proc.stdout.splitlines() if line.startswith("rqscale: error (not retried): "))
+    assert "ConfigError: config key 'stage2.model.num_classes': the data has labels 0..9" in line, line
+    traceback_file = re.search(r"traceback: (\S+/error_rank\d+\.log)\]$", line).group(1)
+    assert "ConfigError" in open(traceback_file).read()
+    assert not (ray_runs / "bad-labels" / "rqscale_fatal.json").exists()
+
+
+def test_deterministic_worker_error_on_a_shared_cluster_stops_ray_train(rqvae_file, ray_runs, tmp_path):
+    """On a cluster the driver did not start (no ray.shutdown() to end the run), Ray Train's own
+    controller must stop instead of retrying: one worker group, every actor of the run dead."""
+    from tests.ray.local_cluster import LocalCluster
+
+    cluster = LocalCluster(str(tmp_path), head_cpus=2).start()
+    try:
+        env = dict(cluster.client_env(), RAY_ADDRESS=cluster.gcs_address)  # a driver attached to the cluster
+        proc = train_cli(*stage2_overrides(rqvae_file, ray_runs, "bad-labels-shared", "stage2.model.num_classes=5",
+                                           "train.max_failures=3"), env=env)
+        actors = json.loads(cluster.ray_cli("list", "actors", "--format", "json", "--limit", "200").stdout)
+    finally:
+        cluster.stop()
+    assert proc.returncode == 1 and "error (not retried): ConfigError" in proc.stdout, proc.stdout[-4000:]
+    assert proc.stdout.count("Started training worker group") == 1, proc.stdout[-4000:]
+    run_actors = [a for a in actors if a["class_name"] in ("TrainController", "RayTrainWorker", "FatalChannel")]
+    assert sorted(a["class_name"] for a in run_actors) == ["FatalChannel", "RayTrainWorker", "RayTrainWorker", "TrainController"]
+    assert all(a["state"] == "DEAD" for a in run_actors), run_actors

@@ -19,8 +19,11 @@ def test_resubmitted_job_continues_from_latest_complete_checkpoint(s3_bucket, ra
     storage = f"{s3_bucket}/runs"
     overrides = stage2_overrides(rqvae_file, storage, "s3-run", *RANDOM)
     # 1. The whole job dies at step 5 (rank 0 killed, no retries allowed): checkpoints 2 and 4 are in S3.
-    first = train_cli(*overrides, "train.max_failures=0", env={"RQSCALE_FAULT_KILL_AT_STEP": "5:0"})
+    first = train_cli(*overrides, "train.max_failures=0", kill_at="5:0")
     assert first.returncode != 0
+    error_log = tmp_path / "local-logs" / "s3-run" / "error.log"  # an s3:// run's logs mirror locally
+    assert "rqscale: training failed: " in first.stdout and f"[full traceback: {error_log}]" in first.stdout, first.stdout[-3000:]
+    assert error_log.exists()
     client = boto3.client("s3")
     bucket, prefix = s3_bucket[len("s3://"):], "runs/s3-run/"
     keys = _keys(client, bucket, prefix)
@@ -42,6 +45,6 @@ def test_resubmitted_job_continues_from_latest_complete_checkpoint(s3_bucket, ra
     assert export_main([f"{storage}/s3-run", "--out", str(exported)]) == 0
     import torch
 
-    weights = torch.load(exported, map_location="cpu", weights_only=False)["rqtransformer"]
+    weights = torch.load(exported, map_location="cpu", weights_only=True)["rqtransformer"]
     assert_same_weights(weights, final_weights(random_run[0]), atol=1e-6)
     assert (tmp_path / "local-logs" / "s3-run" / "samples.png").exists()

@@ -179,3 +179,66 @@ def test_codebook_is_buffers_not_parameters():
     rq = make_rq()
     assert list(rq.parameters()) == []
     assert {"codebooks.0.embed", "codebooks.0.embed_ema", "codebooks.0.cluster_size_ema"} <= set(rq.state_dict())
+
+
+# ---- restarts planned at logging steps (no host sync per update) --------------------------------
+
+class _CountingCollective(LocalCollective):
+    def __init__(self):
+        self.broadcasts = 0
+
+    def broadcast(self, tensor, src=0):
+        self.broadcasts += 1
+
+
+def test_restart_budget_is_a_safe_bound_on_the_worst_case():
+    from rqscale.quantizer.codebook import updates_before_dead_code
+
+    for smallest, decay in [(1.0, 0.99), (1.02, 0.99), (5.0, 0.99), (300.0, 0.9), (float("nan"), 0.99)]:
+        budget = updates_before_dead_code(smallest, decay)
+        if smallest != smallest or smallest < 1.01:
+            assert budget == 0
+            continue
+        assert smallest * decay**budget >= 1.0  # an unused code after `budget` updates is still alive
+        assert smallest * decay ** (budget + 2) < 1.01  # and the bound is not loose by more than a step or two
+
+
+def test_restarts_skipped_within_the_budget_change_nothing():
+    """Within the budget no code can die: a quantizer that skips the restarts ends in exactly the state
+    of one that ran the reference's masked restart at every update (and broadcast each time)."""
+    torch.manual_seed(0)
+    data = [torch.randn(256, 4) for _ in range(30)]
+    planned, always = (ResidualQuantizer(16, 4, 2, collective=_CountingCollective()).train() for _ in range(2))
+    planned.book(0).cluster_size_ema.fill_(50.0)  # a trained codebook: every code well used
+    always.load_state_dict(planned.state_dict())
+    planned.refresh_restart_budgets()
+    budget = planned.book(0).restart_free_updates
+    assert budget >= 2 * len(data)  # every update below is covered (2 depths each)
+    before = planned.collective.broadcasts, always.collective.broadcasts
+    for z in data:
+        planned(z)
+        always(z)
+    assert planned.collective.broadcasts == before[0]  # nothing restarted, nothing sent
+    assert always.collective.broadcasts == before[1] + 2 * len(data)
+    for key, value in planned.state_dict().items():
+        assert torch.equal(value, always.state_dict()[key]), key
+
+
+def test_restarts_resume_once_the_budget_is_spent():
+    rq = ResidualQuantizer(8, 2, 1, restart_unused=True, collective=_CountingCollective())
+    rq.book(0).cluster_size_ema.fill_(1.5)
+    rq.refresh_restart_budgets()
+    budget = rq.book(0).restart_free_updates
+    assert budget > 0
+    for _ in range(budget):
+        rq.train()(torch.randn(16, 2))
+    assert rq.collective.broadcasts == 0
+    rq(torch.randn(16, 2))
+    assert rq.collective.broadcasts == 1  # past the bound: the reference's restart runs again
+
+
+def test_code_histogram_matches_bincount():
+    from rqscale.quantizer import code_histogram
+
+    codes = torch.randint(0, 50, (7, 9))
+    assert torch.equal(code_histogram(codes, 64), torch.bincount(codes.flatten(), minlength=64).float())

@@ -93,3 +93,4 @@ def test_text_loss_skips_rows_whose_caption_was_dropped():
     expected = torch.nn.functional.cross_entropy(logits[[0, 2]].flatten(0, 1), caption[[0, 2], 1:].flatten())
     assert torch.allclose(task._text_loss(logits, caption, dropped), expected)
     assert float(task._text_loss(logits, caption, torch.ones(3, dtype=torch.bool))) == 0.0
+

@@ -3,6 +3,7 @@ throughput and MFU right, stays silent on non-zero ranks; NonFiniteGuard skips, 
 import io
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -68,6 +69,9 @@ def test_resume_step_drops_records_written_after_the_checkpoint(tmp_path):
     with telemetry(tmp_path, []) as tel:
         for step in range(5):
             tel.step(step, {"loss": float(step)}, samples=8, seconds=1.0)
+    # TensorBoard reads event files in name order: <creation second>.<host>.<pid>.<per-process counter>. A real
+    # resume is another process in a later second; in one process within one second, counter 10 sorts before 9.
+    time.sleep(1.0 - time.time() % 1.0 + 0.01)
     with telemetry(tmp_path, [], resume_step=3) as tel:  # crashed after step 4, checkpoint at 3
         tel.step(3, {"loss": 30.0}, samples=8, seconds=1.0)
     records = read_jsonl(tmp_path / "metrics.jsonl")
