@@ -15,9 +15,8 @@ import numpy as np
 
 from data_prep.images import encode_jpeg
 from data_prep.shards import write_shards
+from rqscale.data.bundled import DIGIT_WORDS, class_names
 from rqscale.data.storage import join
-
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def digit_items(resolution: int = 32):
@@ -41,7 +40,8 @@ def photo_items():
 
 
 def build(out: str, digits_per_shard: int = 256) -> dict:
-    digits = write_shards(digit_items(), join(out, "digits"), "demo-digits", prefix="digits", max_samples=digits_per_shard, total=1797)
+    digits = write_shards(digit_items(), join(out, "digits"), "demo-digits", prefix="digits", max_samples=digits_per_shard, total=1797,
+                          classes=class_names("digits"))
     photos = write_shards(photo_items(), join(out, "photos"), "demo-photos", prefix="photos", max_samples=4, total=8)
     return {"digits": digits, "photos": photos}
 

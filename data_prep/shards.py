@@ -33,6 +33,7 @@ class Manifest:
     skipped: list = field(default_factory=list)  # {item, key, reason}
     items_done: int = 0
     complete: bool = False
+    classes: list = field(default_factory=list)  # class names by label, when the converter knows them (pictures)
 
     @property
     def samples(self) -> int:
@@ -40,12 +41,12 @@ class Manifest:
 
     def to_json(self) -> str:
         return json.dumps({"dataset": self.dataset, "samples": self.samples, "shards": self.shards, "skipped": self.skipped,
-                           "items_done": self.items_done, "complete": self.complete}, indent=1)
+                           "items_done": self.items_done, "complete": self.complete, "classes": self.classes}, indent=1)
 
     @classmethod
     def load(cls, url: str) -> "Manifest":
         data = json.loads(read_bytes(url))
-        return cls(data["dataset"], data["shards"], data["skipped"], data["items_done"], data["complete"])
+        return cls(data["dataset"], data["shards"], data["skipped"], data["items_done"], data["complete"], data.get("classes", []))
 
 
 def _encode(value) -> bytes:
@@ -92,9 +93,11 @@ def _load_or_new(out: str, dataset: str) -> Manifest:
 
 
 def write_shards(items: Iterable[Optional[dict]], out: str, dataset: str, prefix: str = "shard", max_samples: int = 1000,
-                 max_bytes: int = 1 << 30, total: Optional[int] = None) -> Manifest:
-    """Pack `items` into shards under `out`; resume after the last finished shard of an earlier run."""
+                 max_bytes: int = 1 << 30, total: Optional[int] = None, classes: Optional[list] = None) -> Manifest:
+    """Pack `items` into shards under `out`; resume after the last finished shard of an earlier run.
+    `classes`: the class names by label, kept in the manifest for labelled pictures."""
     manifest = _load_or_new(out, dataset)
+    manifest.classes = list(classes or manifest.classes)
     if manifest.complete:
         return manifest
     progress = Progress(total, dataset)

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from rqscale.sample import add_sampling_args
+from rqscale.sampling.flags import add_sampling_args
 
 
 def parse_args(argv):
@@ -54,9 +54,8 @@ def parse_args(argv):
     _extractor_args(recon)
     for sub in (samples, clip, recon):
         _run_args(sub)
-    p.set_defaults(text=None, classifier=None, acceptance_rate=1.0, pr_samples=50_000, reference=None, samples_npz=None,
-                   clip_model=None, speed_batches=None, num_reference=None, cache_dir=None,
-                   feature_extractor=None, inception_weights=None)
+    p.set_defaults(pr_samples=50_000, reference=None, samples_npz=None, clip_model=None, speed_batches=None,
+                   num_reference=None, cache_dir=None, feature_extractor=None, inception_weights=None)
     return p.parse_args(argv)
 
 

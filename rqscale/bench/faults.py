@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 
 @dataclass(frozen=True)
 class KillAtStep:
-    """A step hook (rqscale.train.worker.StepHook). A plain module-level class: Ray pickles it to the
+    """A step hook (rqscale.train.loop.StepHook). A plain module-level class: Ray pickles it to the
     workers by reference, and they import it from the installed rqscale."""
 
     step: int

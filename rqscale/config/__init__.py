@@ -1,5 +1,6 @@
 """Typed configs: schema dataclasses, load() from YAML + overrides, validation that names the fix."""
 from rqscale.config.load import ConfigError, from_yaml_text, load, save_resolved, to_yaml
+from rqscale.config.derive import batch_plan, data_kind
 from rqscale.config.schema import (
     CheckpointConfig,
     Config,
@@ -20,5 +21,5 @@ from rqscale.config.validate import default_lpips_backbone, validate
 __all__ = [
     "CheckpointConfig", "Config", "ConfigError", "EngineConfig", "DataConfig", "OptimConfig", "RQTransformerConfig", "RQVAEConfig", "RunConfig",
     "Stage1Config", "Stage1LossConfig", "Stage2Config", "Stage2LossConfig", "TrainConfig",
-    "default_lpips_backbone", "from_yaml_text", "load", "save_resolved", "to_yaml", "validate",
+    "batch_plan", "data_kind", "default_lpips_backbone", "from_yaml_text", "load", "save_resolved", "to_yaml", "validate",
 ]

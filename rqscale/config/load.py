@@ -34,11 +34,7 @@ def load(path: str | None = None, overrides: Sequence[str] = (), check_files: bo
     layers.append(_parse_overrides(overrides))
     for layer in layers:
         merged = _merge(merged, layer)
-    cfg = OmegaConf.to_object(merged)
-    from rqscale.config.validate import validate  # local: validate imports schema only
-
-    validate(cfg, check_files=check_files)
-    return cfg
+    return _checked(OmegaConf.to_object(merged), check_files)
 
 
 def to_yaml(cfg: Config) -> str:
@@ -47,10 +43,17 @@ def to_yaml(cfg: Config) -> str:
 
 def from_yaml_text(text: str) -> Config:
     """Rebuild a Config from resolved YAML (e.g. stored in a checkpoint), without file checks."""
-    cfg = OmegaConf.to_object(_merge(OmegaConf.structured(Config), OmegaConf.create(text)))
+    return _checked(OmegaConf.to_object(_merge(OmegaConf.structured(Config), OmegaConf.create(text))), check_files=False)
+
+
+def _checked(cfg: Config, check_files: bool) -> Config:
+    """validate(), then write back data.kind as derived. train.grad_accum stays as written: it
+    depends on the world size a run gets (rqscale/config/derive.py)."""
+    from rqscale.config.derive import data_kind  # local: both import ConfigError from here
     from rqscale.config.validate import validate
 
-    validate(cfg, check_files=False)
+    validate(cfg, check_files=check_files)
+    cfg.data.kind = data_kind(cfg)
     return cfg
 
 

@@ -16,6 +16,7 @@ class RunConfig:
     output_dir: str = "runs"  # storage: a local directory or s3://bucket/prefix; a run lives in <output_dir>/<name>/
     seed: int = 0
     init_from: Optional[str] = None  # RQ-VAE state dict to start from (fine-tuning, A.3 LSUN)
+    verbose: bool = False  # true: the terminal also shows Ray's, DeepSpeed's and torch's own output (rqscale/launch/console.py)
 
 
 @dataclass
@@ -111,6 +112,17 @@ def _stage2_optim() -> OptimConfig:
 
 
 @dataclass
+class SamplingConfig:
+    """How a run's sample picture is drawn, and the defaults `python -m rqscale.sample` takes for its
+    checkpoint (its flags override them). Defaults: plain sampling, no filtering, no guidance."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off; else keep the k most likely codes (B.5)
+    top_p: float = 1.0  # 1.0: off; else nucleus sampling (B.5)
+    cfg_scale: float = 1.0  # 1.0: no classifier-free guidance (needs stage2.model.cond_dropout > 0)
+
+
+@dataclass
 class Stage2Config:
     """The RQ-Transformer recipe (A.2, A.3), trained on codes of a frozen RQ-VAE."""
 
@@ -119,11 +131,14 @@ class Stage2Config:
     optim: OptimConfig = field(default_factory=_stage2_optim)
     rqvae_checkpoint: Optional[str] = None  # rqvae.pt written by a stage-1 run
     tokenizer: Optional[str] = None  # tokenizer.json for text conditioning
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
 @dataclass
 class DataConfig:
-    kind: str = "bundled"  # bundled: real images shipped in scikit-learn / scikit-image; webdataset: shards
+    # bundled: real images shipped in scikit-learn / scikit-image; webdataset: data_prep shards.
+    # None: derived, webdataset when data.shards is set, else bundled (load() writes the result back).
+    kind: Optional[str] = None
     bundled_set: str = "photos"  # photos | digits
     num_samples: int = 2048  # crops drawn from the bundled images
     shards: str = ""  # data_prep manifest.json of the shards (local path or s3://)
@@ -136,7 +151,9 @@ class DataConfig:
 class TrainConfig:
     global_batch: int = 128  # A.3 (ImageNet RQ-VAE)
     micro_batch: int = 128
-    grad_accum: int = 1
+    # None: derived per world size, global_batch / (micro_batch x workers) (rqscale/config/derive.py), so
+    # a run resubmitted on fewer workers needs only train.num_workers. Written out, it must match.
+    grad_accum: Optional[int] = None
     num_workers: int = 1  # data-parallel ranks
     max_steps: int = 100_092  # A.3: 10 epochs of ImageNet at batch 128
     log_every: int = 50
@@ -144,7 +161,7 @@ class TrainConfig:
     min_workers: int = 0  # > 0: elastic, Ray runs between min_workers and num_workers ranks
     max_failures: int = 3  # worker-group restarts Ray attempts before the run fails
     cpus_per_worker: int = 1
-    peak_tflops: float = 312.0  # MFU denominator per worker: A100 dense bf16 (NVIDIA's datasheet)
+    peak_tflops: Optional[float] = None  # MFU denominator per worker; None: by GPU name, or measured on CPU (rqscale/utils/peak.py)
     picture_every: int = 0  # a PNG grid every N steps (0: at the end only)
     max_nonfinite_steps: int = 5  # consecutive non-finite losses skipped before the run aborts
 
@@ -154,7 +171,7 @@ class EngineConfig:
     """DeepSpeed settings. See rqscale/engine/ds_config.py for how each maps onto DeepSpeed's config."""
 
     zero_stage: int = -1  # -1: the stage's default (3 for stage 2; 1 for stage 1, see validate.py)
-    precision: str = "bf16"  # bf16 | fp32
+    precision: str = "bf16"  # bf16 (A.3 mixed precision) | fp32 | auto (bf16 where the hardware has it: rqscale/engine/precision.py)
     offload_optimizer: str = "none"  # none | cpu | nvme
     offload_params: str = "none"  # none | cpu | nvme (ZeRO-3 only)
     nvme_path: str = "/local_nvme"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+from rqscale.config.derive import batch_plan, data_kind  # batch_plan: the loop and ds_config import it from here
 from rqscale.config.load import ConfigError
 from rqscale.config.schema import Config
 
@@ -15,7 +16,7 @@ SCHEDULES = ("constant", "cosine")
 DISC_LOSSES = ("hinge", "vanilla")
 GEN_LOSSES = ("vanilla", "hinge")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("bf16", "fp32")
+PRECISIONS = ("bf16", "fp32", "auto")  # auto: rqscale/engine/precision.py
 OFFLOADS = ("none", "cpu", "nvme")
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's published VGG-16 weights
 
@@ -46,7 +47,7 @@ def _choice(key: str, value: str, allowed: tuple) -> None:
 
 def _check_choices(cfg: Config) -> None:
     _choice("stage", cfg.stage, STAGES)
-    _choice("data.kind", cfg.data.kind, DATA_KINDS)
+    _choice("data.kind", data_kind(cfg), DATA_KINDS)
     _choice("data.bundled_set", cfg.data.bundled_set, BUNDLED_SETS)
     _choice("stage1.optim.name", cfg.stage1.optim.name, OPTIMIZERS)
     _choice("stage1.optim.schedule", cfg.stage1.optim.schedule, SCHEDULES)
@@ -66,8 +67,10 @@ def _positive(key: str, value, strict: bool = True) -> None:
 
 def _check_ranges(cfg: Config) -> None:
     _check_rqvae_ranges(cfg.rqvae)
-    for key in ("global_batch", "micro_batch", "grad_accum", "num_workers", "max_steps", "log_every"):
+    for key in ("global_batch", "micro_batch", "num_workers", "max_steps", "log_every"):
         _positive(f"train.{key}", getattr(cfg.train, key))
+    if cfg.train.grad_accum is not None:
+        _positive("train.grad_accum", cfg.train.grad_accum)
     _positive("data.num_samples", cfg.data.num_samples)
     _positive("data.loader_workers", cfg.data.loader_workers, strict=False)
     _check_stage1_ranges(cfg)
@@ -106,43 +109,32 @@ def _check_optim(prefix: str, o) -> None:
 
 
 def _check_batch(cfg: Config) -> None:
+    """Every world size Ray may pick must split the global batch whole (batch_plan names the fix);
+    keys written out must agree with what it derives."""
     t = cfg.train
-    if cfg.stage == "stage1" and t.grad_accum != 1:
+    if cfg.stage == "stage1" and t.grad_accum not in (None, 1):
         # The codebook EMA steps once per forward pass: with accumulation it would decay k times per
         # optimizer step and restart codes from single micro-batches, unlike the ref's one update per batch.
         raise ConfigError("train.grad_accum", f"{t.grad_accum} is not supported for stage 1 (its codebook EMA updates once per micro-batch)",
-                          "set train.grad_accum=1 and raise train.micro_batch or train.num_workers instead")
-    product = t.micro_batch * t.grad_accum * t.num_workers
-    if product != t.global_batch:
-        raise ConfigError(
-            "train.global_batch",
-            f"global_batch {t.global_batch} != micro_batch {t.micro_batch} x grad_accum {t.grad_accum} x num_workers {t.num_workers} = {product}",
-            "change train.micro_batch, train.grad_accum or train.num_workers so that their product equals train.global_batch",
-        )
+                          "drop train.grad_accum and raise train.micro_batch or train.num_workers instead")
     if t.min_workers > t.num_workers:
         raise ConfigError("train.min_workers", f"{t.min_workers} > train.num_workers {t.num_workers}",
                           "set train.min_workers <= train.num_workers (num_workers is the elastic maximum)")
-    for world in range(t.min_workers or t.num_workers, t.num_workers + 1):  # every size Ray may pick
+    micro, accum = batch_plan(cfg, t.num_workers)
+    _check_written_batch(cfg, micro, accum)
+    for world in range(t.min_workers or t.num_workers, t.num_workers):  # the elastic sizes below the maximum
         batch_plan(cfg, world)
 
 
-def batch_plan(cfg: Config, world: int) -> tuple:
-    """(micro_batch, grad_accum) for `world` ranks at the config's fixed global batch.
-
-    Stage 2 keeps the micro-batch and changes the accumulation. Stage 1 keeps accumulation 1 and
-    changes the micro-batch, so its codebook EMA, all-reduced over ranks, still sees exactly one
-    global batch per update whatever the world size.
-    """
+def _check_written_batch(cfg: Config, micro: int, accum: int) -> None:
     t = cfg.train
-    if cfg.stage == "stage1":
-        if t.global_batch % world:
-            raise ConfigError("train.min_workers", f"stage 1 splits global_batch {t.global_batch} over {world} workers, which does not divide it",
-                              "choose train.min_workers..train.num_workers among the divisors of train.global_batch")
-        return t.global_batch // world, 1
-    if t.global_batch % (t.micro_batch * world):
-        raise ConfigError("train.min_workers", f"global_batch {t.global_batch} is not micro_batch {t.micro_batch} x grad_accum x {world} workers for any whole grad_accum",
-                          "choose train.min_workers..train.num_workers so that micro_batch x workers divides global_batch")
-    return t.micro_batch, t.global_batch // (t.micro_batch * world)
+    if cfg.stage == "stage1" and t.micro_batch != micro:
+        raise ConfigError("train.micro_batch", f"stage 1 cannot accumulate, so micro_batch x num_workers must be global_batch {t.global_batch}, "
+                          f"got micro_batch {t.micro_batch} x {t.num_workers} workers", f"set train.micro_batch={micro}")
+    if t.grad_accum is not None and t.grad_accum != accum:
+        raise ConfigError("train.grad_accum", f"micro_batch {t.micro_batch} x grad_accum {t.grad_accum} x num_workers {t.num_workers} "
+                          f"= {t.micro_batch * t.grad_accum * t.num_workers}, not global_batch {t.global_batch}",
+                          f"drop train.grad_accum (it is derived: {accum} here) or set train.grad_accum={accum}")
 
 
 def zero_stage(cfg: Config) -> int:
@@ -176,7 +168,8 @@ def _check_engine(cfg: Config) -> None:
         _positive(f"train.{key}", getattr(t, key), strict=False)
     for key, value in (("train.cpus_per_worker", t.cpus_per_worker), ("train.peak_tflops", t.peak_tflops),
                        ("checkpoint.every_steps", cfg.checkpoint.every_steps), ("checkpoint.keep", cfg.checkpoint.keep)):
-        _positive(key, value)
+        if value is not None:  # train.peak_tflops=None: resolved per worker (rqscale/utils/peak.py)
+            _positive(key, value)
 
 
 def _check_code_shape(cfg: Config) -> None:
@@ -224,6 +217,20 @@ def _check_stage2(cfg: Config) -> None:
     if m.cond_dropout > 0 and m.condition == "none":
         raise ConfigError("stage2.model.cond_dropout", "an unconditional model has no condition to drop",
                           "set stage2.model.cond_dropout=0 or choose condition class/text")
+    _check_sampling(cfg)
+
+
+def _check_sampling(cfg: Config) -> None:
+    sp, k = cfg.stage2.sampling, cfg.rqvae.num_codes
+    _positive("stage2.sampling.temperature", sp.temperature)
+    if not 0 <= sp.top_k <= k:
+        raise ConfigError("stage2.sampling.top_k", f"{sp.top_k} is outside [0, K={k}]", f"set it between 1 and {k}, or 0 for off")
+    if not 0.0 < sp.top_p <= 1.0:
+        raise ConfigError("stage2.sampling.top_p", f"{sp.top_p} is outside (0, 1]", "set it in (0, 1], or 1.0 for off")
+    _positive("stage2.sampling.cfg_scale", sp.cfg_scale, strict=False)
+    if sp.cfg_scale != 1.0 and cfg.stage2.model.cond_dropout == 0:
+        raise ConfigError("stage2.sampling.cfg_scale", "guidance needs a model that learned a null condition",
+                          "set stage2.sampling.cfg_scale=1.0, or train with stage2.model.cond_dropout > 0")
 
 
 def _check_lpips_weights(cfg: Config) -> None:
@@ -249,6 +256,12 @@ def _check_files(cfg: Config) -> None:
             raise ConfigError("stage2.rqvae_checkpoint", "stage 2 needs a trained RQ-VAE", "set stage2.rqvae_checkpoint=PATH/rqvae.pt (written by a stage-1 run)")
         if not ckpt.startswith("s3://") and not os.path.isfile(ckpt):
             raise ConfigError("stage2.rqvae_checkpoint", f"weights file '{ckpt}' does not exist", "train stage 1 first or point stage2.rqvae_checkpoint at its rqvae.pt")
-    if cfg.data.kind == "webdataset" and not cfg.data.shards.endswith("manifest.json"):
-        raise ConfigError("data.shards", f"data.kind=webdataset needs the shards' manifest, got '{cfg.data.shards}'",
-                          "set data.shards to the manifest.json that data_prep wrote, e.g. s3://bucket/imagenet/train/manifest.json")
+    _check_shards(cfg.data.shards, data_kind(cfg))
+
+
+def _check_shards(shards: str, kind: str) -> None:
+    fix = "set data.shards to the manifest.json that data_prep wrote, e.g. s3://bucket/imagenet/train/manifest.json"
+    if kind == "webdataset" and not shards:
+        raise ConfigError("data.shards", "data.kind=webdataset needs shards, and none are set", fix + ", or drop data.kind to train on the bundled images")
+    if kind == "webdataset" and not shards.endswith("manifest.json"):
+        raise ConfigError("data.shards", f"'{shards}' is not the shards' manifest.json", fix)

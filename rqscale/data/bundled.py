@@ -12,6 +12,10 @@ import torch.nn.functional as F
 
 # Colour photos in scikit-image's own distribution (no pooch download needed).
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry")
+# photo_arrays() appends scikit-learn's china.jpg and flower.jpg after the scikit-image photos.
+PHOTO_NAMES = SKIMAGE_PHOTOS + ("china", "flower")
+# Digit labels as words: the demo's captions ("a handwritten digit seven") and the picture labels.
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def photo_arrays() -> list[np.ndarray]:
@@ -59,6 +63,15 @@ def bundled_dataset(name: str, resolution: int, num_samples: int, seed: int = 0)
         return photo_crops(resolution, num_samples, seed)
     if name == "digits":
         return digits(resolution)
+    raise ValueError(f"unknown bundled set '{name}' (choose photos or digits)")
+
+
+def class_names(name: str) -> list[str]:
+    """Row labels for pictures of a bundled set, indexed by class label: "7 (seven)", "chelsea"."""
+    if name == "digits":
+        return [f"{i} ({word})" for i, word in enumerate(DIGIT_WORDS)]
+    if name == "photos":
+        return [photo.replace("_", " ") for photo in PHOTO_NAMES]
     raise ValueError(f"unknown bundled set '{name}' (choose photos or digits)")
 
 

@@ -6,9 +6,9 @@ from typing import Iterator, Optional
 
 import torch
 
-from rqscale.config import Config
-from rqscale.data.bundled import batches, bundled_dataset
-from rqscale.data.reader import ResumableLoader, check_label_range, load_shards
+from rqscale.config import Config, data_kind
+from rqscale.data.bundled import batches, bundled_dataset, class_names
+from rqscale.data.reader import ResumableLoader, check_label_range, load_class_names, load_shards
 from rqscale.data.transforms import to_unit_range
 
 EVAL_SEED_OFFSET = 10_000  # held-out photo crops come from another seed than the training crops
@@ -40,7 +40,7 @@ def class_count(cfg: Config) -> Optional[int]:
 def micro_batches(cfg: Config) -> Iterator[dict]:
     """Endless micro-batches of cfg.train.micro_batch: {"images" or "latents", "cond"}; cond is -1
     where the data has no label. Latent shards (data_prep.latents) give "latents" for stage 2."""
-    if cfg.data.kind == "bundled":
+    if data_kind(cfg) == "bundled":
         images, labels, _ = bundled_split(cfg)
         for x, y in batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=cfg.data.bundled_set == "photos"):
             yield {"images": x, "cond": y}
@@ -59,7 +59,7 @@ def micro_batches(cfg: Config) -> Iterator[dict]:
 def eval_images(cfg: Config) -> torch.Tensor:
     """A fixed evaluation set: the bundled held-out images, or the first samples of the shards
     in epoch-0 order without augmentation."""
-    if cfg.data.kind == "bundled":
+    if data_kind(cfg) == "bundled":
         return bundled_split(cfg)[2]
     images = []
     for batch in shard_loader(cfg, train=False).epoch_batches():
@@ -67,6 +67,13 @@ def eval_images(cfg: Config) -> torch.Tensor:
         if sum(len(x) for x in images) >= EVAL_SIZE:
             break
     return torch.cat(images)[:EVAL_SIZE]
+
+
+def class_names_of(cfg: Config) -> Optional[list]:
+    """Names of the training data's classes by label, for labelled pictures; None when unknown."""
+    if data_kind(cfg) == "bundled":
+        return class_names(cfg.data.bundled_set)
+    return load_class_names(cfg.data.shards)
 
 
 class RankBatches:
@@ -84,7 +91,7 @@ class RankBatches:
     def __init__(self, cfg: Config, rank: int, world_size: int, grad_accum: int):
         self.cfg, self.rank, self.world_size, self.grad_accum = cfg, rank, world_size, grad_accum
         self.step = 0  # bundled data: global batches consumed
-        self._bundled = bundled_split(cfg)[:2] if cfg.data.kind == "bundled" else None
+        self._bundled = bundled_split(cfg)[:2] if data_kind(cfg) == "bundled" else None
         if self._bundled:
             labels = self._bundled[1]  # a CPU tensor: min/max cost no device sync
             check_label_range(int(labels.min()), int(labels.max()), class_count(cfg))
@@ -93,6 +100,7 @@ class RankBatches:
             cfg.data.loader_workers, cfg.data.max_bad_samples, train=True, drop_last=True, flip=cfg.data.hflip,
             num_classes=class_count(cfg))
         self._epoch_iter = None
+        self._skipped_before = 0
 
     def state_dict(self) -> dict:
         return {"bundled_step": self.step} if self._bundled else {"reader": self._loader.state_dict()}
@@ -102,7 +110,19 @@ class RankBatches:
             self.step = state["bundled_step"]
         else:
             self._loader.load_state_dict(state["reader"])
+            self._skipped_before = self._loader.bad_samples_total
             self._epoch_iter = None
+
+    @property
+    def skipped_samples(self) -> int:
+        """Unreadable samples this rank's reader skipped since this attempt started (the training loop
+        adds the run's total at the restore point, which it keeps with the checkpoint)."""
+        return 0 if self._bundled else self._loader.bad_samples_total - self._skipped_before
+
+    @property
+    def skipped_examples(self) -> list:
+        """The first few skipped samples of this rank: [[key, reason], ...]."""
+        return [] if self._bundled else list(self._loader.bad_examples)
 
     def next_step(self) -> list:
         """The micro-batches of the next optimizer step: [{"images" or "latents", "cond"}, ...]."""

@@ -44,6 +44,13 @@ class BadDataError(RuntimeError):
 class BadSample(Exception):
     """One sample's stored bytes cannot be decoded: skipped and counted, never raised past the reader."""
 
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"sample {key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+EXAMPLES_KEPT = 5  # skipped samples named (key and reason) in the run's summary; the rest are only counted
+
 
 # What the image decoders raise for corrupt or truncated bytes: PIL uses OSError (UnidentifiedImageError,
 # "image file is truncated"), SyntaxError and ValueError from its format plugins, DecompressionBombError;
@@ -70,6 +77,11 @@ def load_shards(manifest_url: str) -> list:
     return [Shard(join(base, s["name"]), s["samples"], tuple(s["offsets"]), shape) for s in data["shards"]]
 
 
+def load_class_names(manifest_url: str) -> Optional[list]:
+    """The class names a converter stored in the manifest (by label), or None."""
+    return json.loads(read_bytes(manifest_url)).get("classes") or None
+
+
 class EpochOrder:
     def __init__(self, shards: list, seed: int, epoch: int):
         perm = np.random.default_rng([seed, epoch]).permutation(len(shards))
@@ -90,8 +102,10 @@ class EpochOrder:
         return out
 
 
-def read_run(shard: Shard, first: int, stop: int, retries: int = 3) -> list:
-    """Raw samples {__key__, field: bytes} first..stop-1 of a shard, with one ranged read."""
+def read_entries(shard: Shard, first: int, stop: int, retries: int = 3) -> list:
+    """Samples first..stop-1 of a shard, one per position: {__key__, field: bytes}, or None where the
+    stored entry cannot be parsed (a corrupt tar header, a shard cut short). One ranged read; each
+    sample's own byte range (from the manifest) is parsed alone, so damage costs only the samples it touches."""
     lo, hi = shard.offsets[first], shard.offsets[stop]
     for attempt in range(retries):
         try:
@@ -102,19 +116,28 @@ def read_run(shard: Shard, first: int, stop: int, retries: int = 3) -> list:
             if attempt == retries - 1:
                 raise
             time.sleep(0.5 * 2**attempt)
-    return _parse_tar(data)
+    bounds = [o - lo for o in shard.offsets[first:stop + 1]]
+    return [_parse_entry(data[a:b], b - a) for a, b in zip(bounds, bounds[1:])]
 
 
-def _parse_tar(data: bytes) -> list:
+def read_run(shard: Shard, first: int, stop: int, retries: int = 3) -> list:
+    """The readable samples among first..stop-1 (converters and evaluation, which need no positions)."""
+    return [raw for raw in read_entries(shard, first, stop, retries) if raw is not None]
+
+
+def _parse_entry(data: bytes, size: int) -> Optional[dict]:
+    """One sample's tar members -> {__key__, field: bytes}; None if cut short or not one parseable sample."""
+    if len(data) < size:
+        return None
     samples: dict = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar:
                 key, _, field = member.name.partition(".")
                 samples.setdefault(key, {"__key__": key})[field] = tar.extractfile(member).read()
-    except tarfile.TarError:
-        pass  # truncated shard: keep what parsed; the caller counts what is missing
-    return list(samples.values())
+    except (tarfile.TarError, OSError):  # a damaged header, or data that ends inside a member
+        return None
+    return next(iter(samples.values())) if len(samples) == 1 else None
 
 
 def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator], latent_shape=None, flip: bool = True) -> dict:
@@ -133,7 +156,7 @@ def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator]
 
 def _field(raw: dict, name: str) -> bytes:
     if name not in raw:
-        raise BadSample(f"sample {raw['__key__']} has no '{name}' field")
+        raise BadSample(raw["__key__"], f"no '{name}' field")
     return raw[name]
 
 
@@ -144,7 +167,7 @@ def _decode_image(raw: dict, resolution: int, rng: Optional[np.random.Generator]
     except DECODER_ERRORS as exc:
         if not _raised_by_decoder(exc):
             raise
-        raise BadSample(f"sample {raw['__key__']}: image does not decode: {type(exc).__name__}: {exc}") from exc
+        raise BadSample(raw["__key__"], f"image does not decode: {type(exc).__name__}: {exc}") from exc
 
 
 def _raised_by_decoder(exc: BaseException) -> bool:
@@ -156,7 +179,7 @@ def _decode_latent(raw: dict, shape: tuple):
     data = _field(raw, LATENT_FIELD)
     expected = 2 * int(np.prod(shape))  # bfloat16: 2 bytes a value
     if len(data) != expected:
-        raise BadSample(f"sample {raw['__key__']}: latent has {len(data)} bytes, {expected} expected for shape {tuple(shape)}")
+        raise BadSample(raw["__key__"], f"latent has {len(data)} bytes, {expected} expected for shape {tuple(shape)}")
     return latent_from_bytes(data, shape)
 
 
@@ -164,14 +187,14 @@ def _decode_label(raw: dict) -> int:
     try:
         return int(raw["cls"])
     except ValueError:  # int() of bytes that are not a decimal integer
-        raise BadSample(f"sample {raw['__key__']}: class label {raw['cls'][:20]!r} is not an integer") from None
+        raise BadSample(raw["__key__"], f"class label {raw['cls'][:20]!r} is not an integer") from None
 
 
 def _decode_text(raw: dict) -> str:
     try:
         return raw["txt"].decode()
     except UnicodeDecodeError as exc:
-        raise BadSample(f"sample {raw['__key__']}: caption is not UTF-8 ({exc.reason})") from None
+        raise BadSample(raw["__key__"], f"caption is not UTF-8 ({exc.reason})") from None
 
 
 def check_label_range(low: int, high: int, num_classes: Optional[int]) -> None:
@@ -184,7 +207,7 @@ def check_label_range(low: int, high: int, num_classes: Optional[int]) -> None:
 
 class ShardReader(IterableDataset):
     """One rank's global batches of one epoch, from `start_batch` on: yields
-    {"batch": g, "samples": [decoded...], "bad": unreadable samples skipped, "problem": the last one's story}."""
+    {"batch": g, "samples": [decoded...], "bad": unreadable samples skipped, "problems": [(key, reason)]}."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, epoch: int,
                  resolution: int, train: bool = True, start_batch: int = 0, drop_last: bool = False, flip: bool = True):
@@ -215,21 +238,20 @@ class ShardReader(IterableDataset):
             yield self.load_batch(g)
 
     def load_batch(self, g: int) -> dict:
-        """{"batch": g, "samples", "bad": count, "problem": the last bad sample's description or None}."""
+        """{"batch": g, "samples", "bad": count, "problems": [(key, reason)] of the first few bad ones}."""
         start, end = self.rank_slice(g)
-        samples, bad, problem = [], 0, None
+        samples, bad, problems = [], 0, []
         for shard, first, stop, run_start in self.order.runs(start, end):
-            raws = read_run(shard, first, stop)
-            if len(raws) < stop - first:
-                bad += (stop - first) - len(raws)
-                problem = f"{shard.url}: {(stop - first) - len(raws)} samples cut off (truncated tar)"
-            for j, raw in enumerate(raws):  # a truncated run loses its tail, so j is the sample's place
-                rng = np.random.default_rng([self.seed, self.epoch, run_start + j]) if self.train else None
+            for j, raw in enumerate(read_entries(shard, first, stop)):
                 try:
+                    if raw is None:
+                        raise BadSample(f"{posixpath.basename(shard.url)}#{first + j}", "tar entry unreadable: corrupt header or shard cut short")
+                    rng = np.random.default_rng([self.seed, self.epoch, run_start + j]) if self.train else None
                     samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape, self.flip))
                 except BadSample as exc:
-                    bad, problem = bad + 1, str(exc)
-        return {"batch": g, "samples": samples, "bad": bad, "problem": problem}
+                    bad += 1
+                    problems.append((exc.key, exc.reason))
+        return {"batch": g, "samples": samples, "bad": bad, "problems": problems[:EXAMPLES_KEPT]}
 
 
 def collate(samples: list) -> dict:
@@ -258,14 +280,16 @@ class ResumableLoader:
         self.seed, self.resolution, self.loader_workers, self.train = seed, resolution, loader_workers, train
         self.max_bad_samples = max_bad_samples
         self.epoch, self.next_batch, self.bad_samples, self.bad_samples_total = 0, 0, 0, 0
+        self.bad_examples: list = []  # the first EXAMPLES_KEPT skipped samples of the run: [key, reason]
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "next_batch": self.next_batch, "bad_samples": self.bad_samples,
-                "bad_samples_total": self.bad_samples_total}
+                "bad_samples_total": self.bad_samples_total, "bad_examples": list(self.bad_examples)}
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.next_batch = state["epoch"], state["next_batch"]
         self.bad_samples, self.bad_samples_total = state["bad_samples"], state["bad_samples_total"]
+        self.bad_examples = [list(e) for e in state.get("bad_examples", [])]  # absent in older checkpoints
 
     def _reader(self) -> ShardReader:
         return ShardReader(self.shards, self.global_batch, self.rank, self.world_size, self.seed, self.epoch,
@@ -276,19 +300,21 @@ class ResumableLoader:
         reader = self._reader()  # loader workers with no batch left simply finish: nothing waits on them
         loader = DataLoader(reader, batch_size=None, num_workers=self.loader_workers, collate_fn=lambda x: x)
         for item in loader:
-            self._count_bad(item["bad"], item["problem"])
+            self._count_bad(item["bad"], item["problems"])
             self._check_labels(item["samples"])  # here, not in a loader worker, so ConfigError arrives as itself
             self.next_batch = item["batch"] + 1
             yield collate(item["samples"])
         self.epoch, self.next_batch, self.bad_samples = self.epoch + 1, 0, 0
 
-    def _count_bad(self, bad: int, problem: Optional[str]) -> None:
+    def _count_bad(self, bad: int, problems: list) -> None:
         """The budget is per epoch: a permanently corrupt sample is met once per epoch."""
         self.bad_samples += bad
         self.bad_samples_total += bad
+        self.bad_examples.extend([key, reason] for key, reason in problems[:EXAMPLES_KEPT - len(self.bad_examples)])
         if self.bad_samples > self.max_bad_samples:
+            latest = f"sample {problems[-1][0]}: {problems[-1][1]}" if problems else "none named"
             raise BadDataError(f"{self.bad_samples} unreadable samples this epoch, over the budget data.max_bad_samples="
-                               f"{self.max_bad_samples} (latest: {problem}): check the shards (manifest checksums) or raise the budget")
+                               f"{self.max_bad_samples} (latest: {latest}): check the shards (manifest checksums) or raise the budget")
 
     def _check_labels(self, samples: list) -> None:
         if self.num_classes is not None and samples:

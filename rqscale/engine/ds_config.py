@@ -37,6 +37,9 @@ def zero_section(cfg: Config) -> dict:
 
 def deepspeed_config(cfg: Config, world_size: int, grad_clip: float, *, zero: dict | None = None) -> dict:
     """The dict deepspeed.initialize(config=...) takes, for `world_size` data-parallel ranks."""
+    if cfg.engine.precision == "auto":  # a bug, not a user error: the training loop resolves it per device
+        raise ValueError("engine.precision=auto reached the DeepSpeed config unresolved: pass the config through "
+                         "rqscale.engine.precision.with_resolved_precision(cfg, device) first")
     micro, accum = batch_plan(cfg, world_size)
     config = {
         "train_batch_size": micro * accum * world_size,

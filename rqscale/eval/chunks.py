@@ -1,21 +1,23 @@
 """One unit of evaluation work: a chunk of generated samples or of reference images, turned into
 features. A chunk runs the same way in this process (`--local`) or as a Ray task on any worker.
 
-A chunk of samples draws its codes with its own generator, seeded from (seed, chunk index), and its
-conditions (class labels or captions) are planned by the driver for the whole run, so the result
-depends only on the seed and the chunk layout, never on which worker ran which chunk or how many
-there were. Models are loaded once per worker process (Ray reuses a worker for many chunks).
+A chunk of samples draws its codes with its own generator, seeded from (the request's seed, chunk
+index), and its conditions (class labels or captions) are planned by the driver for the whole run,
+so the result depends only on the seed and the chunk layout, never on which worker ran which chunk
+or how many there were. Models are loaded once per worker process (Ray reuses a worker for many chunks).
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 import torch
 
 from rqscale.eval.features import ExtractorSpec, extract, load_extractor, to_uint8_images
+from rqscale.sampling.generate import condition_tensor, sample_images
+from rqscale.sampling.request import SampleRequest
 
 
 @dataclass(frozen=True)
@@ -24,17 +26,16 @@ class ChunkJob:
     index: int
     start: int
     count: int
-    seed: int = 0
-    device: Optional[str] = None  # None: cuda when the worker has one
+    device: Optional[str] = None  # None: cuda when the worker has one (for samples too, whatever request.device says)
     extractor: Optional[ExtractorSpec] = None  # None: no FID/IS features (CLIP score only)
-    checkpoint: Optional[str] = None  # samples: a consolidated rqtransformer.pt; npz: the samples.npz
-    sampling: dict = field(default_factory=dict)  # temperature, top_k, top_p, cfg_scale
-    batch_size: int = 64
+    request: Optional[SampleRequest] = None  # samples: the run's checkpoint, sampling params, batch size and seed
     labels: Optional[tuple] = None  # samples: class label of each sample of the chunk
-    captions: Optional[tuple] = None  # samples: caption of each sample (text models, CLIP score)
-    clip_model: Optional[str] = None  # samples: local CLIP directory for the CLIP score
+    captions: Optional[tuple] = None  # samples / npz: caption of each sample (text models, CLIP score)
+    clip_model: Optional[str] = None  # samples / npz: local CLIP directory for the CLIP score
+    samples_npz: Optional[str] = None  # npz: the samples.npz
     manifest: Optional[str] = None  # reference / recon: the shards' manifest.json
     resolution: int = 0
+    batch_size: int = 64  # recon: images reconstructed at once
     rqvae: Optional[str] = None  # recon: rqvae.pt
     rqvae_config: Optional[str] = None  # recon: its YAML
 
@@ -75,7 +76,7 @@ def _images(job: ChunkJob, device: str) -> tuple[torch.Tensor, int]:
     if job.kind == "samples":
         return generate_chunk(job, device), 0
     if job.kind == "npz":
-        pixels = npz_images(job.checkpoint)[job.start : job.start + job.count]
+        pixels = npz_images(job.samples_npz)[job.start : job.start + job.count]
         return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), 0
     raise ValueError(f"unknown chunk kind '{job.kind}'")
 
@@ -100,31 +101,10 @@ def cached_checkpoint(path: str, device: str):
 
 
 def generate_chunk(job: ChunkJob, device: str) -> torch.Tensor:
-    """The chunk's samples as uint8 (n, 3, H, W), through rqscale.sample's own sampling loop."""
-    from types import SimpleNamespace
-
-    from rqscale.sample import sample_images, sampling_params
-
-    cfg, rqvae, model = cached_checkpoint(job.checkpoint, device)
-    params = sampling_params(SimpleNamespace(**job.sampling), model)
-    gen = torch.Generator(device=device).manual_seed(chunk_seed(job.seed, job.index))
-    images = sample_images(cfg, rqvae, model, params, chunk_conditions(job, cfg, device), job.count, job.batch_size, gen)
-    return to_uint8_images(images)
-
-
-def chunk_conditions(job: ChunkJob, cfg, device: str) -> Optional[torch.Tensor]:
-    """Class labels or caption tokens of the chunk's samples (checked by the driver beforehand)."""
-    m = cfg.stage2.model
-    if m.condition == "class":
-        return torch.tensor(job.labels, dtype=torch.long, device=device)
-    if m.condition == "text":
-        tokenizer = _tokenizer(cfg.stage2.tokenizer, m.text_length)
-        return torch.stack([tokenizer.encode(c) for c in job.captions]).to(device)
-    return None
-
-
-@functools.lru_cache(maxsize=1)
-def _tokenizer(path: str, length: int):
-    from rqscale.data.text import CaptionTokenizer
-
-    return CaptionTokenizer(path, length)
+    """The chunk's samples as uint8 (n, 3, H, W), through the sampling loop rqscale.sample runs too."""
+    request = job.request
+    cfg, rqvae, model = cached_checkpoint(request.checkpoint, device)
+    params = request.params.resolve(model.depth_codes, model.num_codes)
+    cond = condition_tensor(cfg, job.labels, job.captions, device)  # planned, and checked, by the driver
+    gen = torch.Generator(device=device).manual_seed(chunk_seed(request.seed, job.index))
+    return to_uint8_images(sample_images(cfg, rqvae, model, params, cond, job.count, request.batch_size, gen))

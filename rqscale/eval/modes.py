@@ -12,6 +12,9 @@ from rqscale.eval.chunks import ChunkJob, chunk_layout
 from rqscale.eval.driver import evaluate_jobs, plan_reference, run_jobs
 from rqscale.eval.features import resolve_spec
 from rqscale.eval.reference import default_cache_dir, reference_size
+from rqscale.sampling.flags import sampling_fields
+from rqscale.sampling.generate import cycled, planned_conditions
+from rqscale.sampling.request import SampleRequest
 
 
 def run_mode(args) -> dict:
@@ -28,16 +31,9 @@ def run_mode(args) -> dict:
 
 def checkpoint_config(path: str):
     """The config stored in a consolidated checkpoint, without reading its weights (memory-mapped)."""
-    from rqscale.config import from_yaml_text
-    from rqscale.sampling.checkpoint import FORMAT
-    from rqscale.utils.safe_load import load_plain
+    from rqscale.sampling.checkpoint import read_config
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: '{path}' (--checkpoint wants the rqtransformer.pt a stage-2 run writes)")
-    state = load_plain(path, map_location="cpu", mmap=True)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"'{path}' is not an rqscale stage-2 checkpoint (format {FORMAT})")
-    return from_yaml_text(state["config"])
+    return read_config(path)
 
 
 def read_captions(path: str | None) -> list[str]:
@@ -52,85 +48,67 @@ def read_captions(path: str | None) -> list[str]:
     return captions
 
 
-def cycled(values: list, count: int) -> tuple:
-    return tuple(values[i % len(values)] for i in range(count))
-
-
-def plan_conditions(args, cfg, count: int) -> tuple:
-    """(labels, captions) of all `count` samples, checked against the model."""
-    from rqscale.sample import conditions
-
+def conditioned(args, request: SampleRequest, cfg) -> SampleRequest:
+    """The request with evaluate's conditions: --class-balanced's classes or --class-label's, --captions'
+    lines. A flag the model cannot use, or a missing one it needs, is an error naming it."""
     kind, captions = cfg.stage2.model.condition, read_captions(args.captions)
     if kind != "class" and (args.class_label or args.class_balanced):
         raise ValueError(f"--class-label / --class-balanced need a class-conditional model; this one is {kind}-conditional")
     if kind != "text" and captions:
         raise ValueError(f"--captions needs a text-conditional model; this one is {kind}-conditional")
-    if kind == "text":
-        if not captions:
-            raise ValueError("this model is text-conditional: pass --captions FILE (one caption per line)")
-        _check_captions(cfg, captions)
-        return None, cycled(captions, count)
+    if kind == "text" and not captions:
+        raise ValueError("this model is text-conditional: pass --captions FILE (one caption per line)")
     if kind == "class" and not (args.class_label or args.class_balanced):
         raise ValueError("this model is class-conditional: pass --class-balanced (equally many samples of every class, "
                          "the usual protocol) or --class-label L [L ...]")
-    if args.class_balanced:
-        args.class_label = list(range(cfg.stage2.model.num_classes))
-    _, labels = conditions(args, cfg, count, "cpu")  # checks the labels against the model's classes
-    return (tuple(int(x) for x in labels) if kind == "class" else None), None
+    labels = range(cfg.stage2.model.num_classes) if args.class_balanced else request.class_labels
+    return replace(request, class_labels=tuple(labels), captions=tuple(captions))
 
 
-def _check_captions(cfg, captions: list[str]) -> None:
-    from rqscale.data.text import CaptionTokenizer
-
-    if not cfg.stage2.tokenizer:
-        raise ValueError("the checkpoint's config names no tokenizer (stage2.tokenizer)")
-    tokenizer = CaptionTokenizer(cfg.stage2.tokenizer, cfg.stage2.model.text_length)
-    for caption in captions:
-        tokenizer.encode(caption)  # a caption longer than the model's text length is an error now, not in a worker
-
-
-def check_generation(args) -> None:
-    from rqscale.sample import check_sampling_args
-
+def sample_request(args) -> SampleRequest:
+    """What --checkpoint is sampled with; every flag checked before any file is read."""
     if args.num_samples is None:
         raise ValueError("--num-samples is required with --checkpoint")
-    if args.num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {args.num_samples}")
-    check_sampling_args(args)
+    request = SampleRequest(args.checkpoint, args.num_samples, class_labels=tuple(args.class_label or ()),
+                            **sampling_fields(args))
     if args.speed_batches and min(args.speed_batches) < 1:
         raise ValueError(f"--speed-batches must be >= 1, got {args.speed_batches}")
+    return request
 
 
 def generated(args) -> dict:
     """Sample a consolidated checkpoint in chunks; FID / IS / precision-recall and/or CLIP score."""
-    from rqscale.sample import check_model_args
-
     spec, ref_manifest = _check_inputs(args)
-    check_generation(args)
-    cfg = checkpoint_config(args.checkpoint)
-    check_model_args(args, cfg)
-    if args.speed_batches and cfg.stage2.model.condition == "text":
-        raise ValueError("--speed-batches times class-conditional and unconditional models (Fig. 4), not text ones")
-    labels, captions = plan_conditions(args, cfg, args.num_samples)
-    if args.clip_model and captions is None:
-        raise ValueError("--clip-model scores images against their captions: it needs a text-conditional model and --captions")
+    request = sample_request(args)
+    cfg = checkpoint_config(request.checkpoint)
+    request, labels, captions = fitted_to_model(args, request, cfg)
     device = args.device if args.local else None
-    jobs = sample_jobs(args, spec, labels, captions, device)
+    jobs = sample_jobs(args, request, spec, labels, captions, device)
     ref = _reference(args, ref_manifest, spec, cfg.rqvae.resolution, device)
     report = evaluate_jobs(jobs, ref, args.workers, args.local, args.device, args.pr_samples)
-    report.update(_run_info(args, spec, len(jobs)), checkpoint=args.checkpoint, sampling=dict(jobs[0].sampling, seed=args.seed))
+    report.update(_run_info(args, spec, len(jobs)), checkpoint=request.checkpoint, sampling=request.settings())
     if args.speed_batches:
-        report["speed"] = sampling_speed(args)
+        report["speed"] = sampling_speed(request, args.speed_batches, args.speed_dtype)
     return report
 
 
-def sample_jobs(args, spec, labels, captions, device) -> list:
+def fitted_to_model(args, request: SampleRequest, cfg) -> tuple:
+    """(the request with its conditions, labels and captions of all samples), checked against the model."""
+    request.check_model(cfg)
+    if args.speed_batches and cfg.stage2.model.condition == "text":
+        raise ValueError("--speed-batches times class-conditional and unconditional models (Fig. 4), not text ones")
+    request = conditioned(args, request, cfg)
+    labels, captions = planned_conditions(request, cfg, request.num_samples)
+    if args.clip_model and captions is None:
+        raise ValueError("--clip-model scores images against their captions: it needs a text-conditional model and --captions")
+    return request, labels, captions
+
+
+def sample_jobs(args, request: SampleRequest, spec, labels, captions, device) -> list:
     """One job per chunk of `--chunk-size` samples, each with its slice of the planned conditions."""
-    sampling = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
-    base = ChunkJob("samples", 0, 0, 0, seed=args.seed, device=device, extractor=spec, checkpoint=args.checkpoint,
-                    sampling=sampling, batch_size=args.batch_size, clip_model=args.clip_model)
+    base = ChunkJob("samples", 0, 0, 0, device=device, extractor=spec, request=request, clip_model=args.clip_model)
     return [replace(base, index=i, start=s, count=n, labels=labels and labels[s : s + n], captions=captions and captions[s : s + n])
-            for i, (s, n) in enumerate(chunk_layout(args.num_samples, args.chunk_size))]
+            for i, (s, n) in enumerate(chunk_layout(request.num_samples, args.chunk_size))]
 
 
 def from_npz(args) -> dict:
@@ -146,7 +124,7 @@ def from_npz(args) -> dict:
     if args.clip_model and not captions:
         raise ValueError("--clip-model needs --captions FILE: the caption of each sample, in order")
     captions = captions and cycled(captions, count)
-    base = ChunkJob("npz", 0, 0, 0, device=args.device, extractor=spec, checkpoint=args.samples_npz, clip_model=args.clip_model)
+    base = ChunkJob("npz", 0, 0, 0, device=args.device, extractor=spec, samples_npz=args.samples_npz, clip_model=args.clip_model)
     jobs = [replace(base, index=i, start=s, count=n, captions=captions and captions[s : s + n])
             for i, (s, n) in enumerate(chunk_layout(count, args.chunk_size))]
     ref = _reference(args, ref_manifest, spec, resolution, args.device)
@@ -193,18 +171,17 @@ def _run_info(args, spec, chunks: int, local: bool = False) -> dict:
             "chunk_size": args.chunk_size, "workers": 1 if local else args.workers, "ray": not local}
 
 
-def sampling_speed(args) -> list:
-    """Fig. 4: seconds per image at the given batch sizes, on --device (rqscale.eval.speed)."""
+def sampling_speed(request: SampleRequest, batches: list, dtype_name: str) -> list:
+    """Fig. 4: seconds per image at the given batch sizes, on the request's device (rqscale.eval.speed)."""
     from rqscale.eval.speed import sampling_speed as measure
-    from rqscale.sample import sampling_params
     from rqscale.sampling.checkpoint import load_consolidated
     from rqscale.utils.memory import retain_freed_memory
 
-    if torch.device(args.device).type == "cpu":
+    if torch.device(request.device).type == "cpu":
         retain_freed_memory()  # large KV caches are otherwise page-faulted in afresh each call (rqscale/bench/sample.py)
-    _, _, model = load_consolidated(args.checkpoint, args.device)
-    dtype = torch.bfloat16 if args.speed_dtype == "bf16" else torch.float32
-    return measure(model, args.speed_batches, args.device, dtype, params=sampling_params(args, model), repeats=1)
+    _, _, model = load_consolidated(request.checkpoint, request.device)
+    dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
+    return measure(model, batches, request.device, dtype, params=request.params, repeats=1)
 
 
 def recon(args) -> dict:

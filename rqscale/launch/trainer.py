@@ -1,4 +1,4 @@
-"""`python -m rqscale.train` on Ray Train V2: a TorchTrainer whose workers run rqscale.train.worker.
+"""`python -m rqscale.train` on Ray Train V2: a TorchTrainer whose workers run rqscale.train.loop.
 
 - Joins the cluster this process runs on (`ray job submit` sets RAY_ADDRESS) or starts a private
   local Ray sized for the workers.
@@ -16,7 +16,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import sys
 import threading
@@ -24,6 +26,7 @@ from typing import Callable, Optional
 
 from rqscale.config import Config, from_yaml_text, to_yaml
 from rqscale.data.storage import filesystem, is_s3, join, read_bytes
+from rqscale.launch.console import ConsolePump, console_writer, new_console
 from rqscale.launch.failures import (FatalRunError, new_channel, one_line, raise_if_fatal, report_fatal, stop_on_fatal,
                                      write_traceback)
 
@@ -80,18 +83,20 @@ def _quiet_worker_logs() -> None:
 
 
 def train_fn(loop_config: dict) -> None:
-    """What every Ray Train worker runs: the rqscale Worker, with failures recorded (rqscale/launch/failures.py)."""
+    """What every Ray Train worker runs: the rqscale TrainingLoop, with failures recorded (rqscale/launch/failures.py)."""
     from rqscale.engine.setup import configure_process
 
     configure_process()  # before anything imports deepspeed
     import ray.train
-    from rqscale.train.worker import Worker, log_dir_of
+    from rqscale.train.loop import TrainingLoop, log_dir_of
 
     cfg, channel = from_yaml_text(loop_config["config_yaml"]), loop_config["channel"]
     raise_if_fatal(channel)  # a worker group Ray starts after a deterministic error does nothing
     _quiet_worker_logs()
+    console = loop_config.get("console")
+    log = console_writer(console) if console is not None else _write_line
     try:
-        Worker(cfg, RaySession(), log=_write_line, step_hook=loop_config["step_hook"]).run()
+        TrainingLoop(cfg, RaySession(), log=log, step_hook=loop_config["step_hook"]).run()
     except Exception as exc:
         rank = ray.train.get_context().get_world_rank()
         where = write_traceback(log_dir_of(cfg), f"error_rank{rank}.log", exc)
@@ -132,13 +137,15 @@ def _init_ray(cfg: Config) -> bool:
     if ray.is_initialized():
         return False
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    # Quiet by default: worker output stays in Ray's logs; rqscale's lines come through the console.
+    shown = dict(log_to_driver=cfg.run.verbose, logging_level=logging.INFO if cfg.run.verbose else logging.ERROR)
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(runtime_env={"env_vars": env}, log_to_driver=True)
+        ray.init(runtime_env={"env_vars": env}, **shown)
         return False
     cpus = max(os.cpu_count() or 1, cfg.train.num_workers * cfg.train.cpus_per_worker)
     # The dashboard (loopback only) serves the state API that Ray Train's placement-group cleaner polls;
     # without it every poll logs a warning.
-    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True, runtime_env={"env_vars": env})
+    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env={"env_vars": env}, **shown)
     return True
 
 
@@ -152,8 +159,9 @@ def _storage(cfg: Config) -> tuple:
     return cfg.run.output_dir[len("s3://"):].rstrip("/"), pyarrow.fs.PyFileSystem(handler)
 
 
-def build_trainer(cfg: Config, channel, step_hook: Optional[Callable] = None):
-    """The TorchTrainer; `channel` is the FatalChannel actor the workers report deterministic errors to."""
+def build_trainer(cfg: Config, channel, step_hook: Optional[Callable] = None, console=None):
+    """The TorchTrainer; `channel` is the FatalChannel actor the workers report deterministic errors to;
+    `console` the ConsoleChannel their lines go to (None: their stdout, forwarded by Ray)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -163,7 +171,7 @@ def build_trainer(cfg: Config, channel, step_hook: Optional[Callable] = None):
     path, fs = _storage(cfg)
     return TorchTrainer(
         train_fn,
-        train_loop_config={"config_yaml": to_yaml(cfg), "channel": channel, "step_hook": step_hook},
+        train_loop_config={"config_yaml": to_yaml(cfg), "channel": channel, "step_hook": step_hook, "console": console},
         # Plain NCCL on GPUs, not a device-mapped "cpu:gloo,cuda:nccl" (which Ray 2.60 also accepts): every
         # collective of rqscale's runs on the engine's device (rqscale/utils/collectives.py), so a host tensor
         # reaching a collective is a bug, and NCCL makes it fail loudly instead of silently taking gloo.
@@ -194,8 +202,9 @@ def launch(cfg: Config, log: Callable[[str], None] = print, step_hook: Optional[
 
     started = _init_ray(cfg)
     try:
-        channel = new_channel()
-        _fit_until_done_or_fatal(build_trainer(cfg, channel, step_hook), channel, attached=not started)
+        channel, console = new_channel(), None if cfg.run.verbose else new_console()
+        with ConsolePump(console, log) if console is not None else contextlib.nullcontext():
+            _fit_until_done_or_fatal(build_trainer(cfg, channel, step_hook, console), channel, attached=not started)
         return _read_summary(cfg)
     finally:
         if started:
@@ -233,7 +242,7 @@ def _fit(trainer, channel, outcome: dict) -> None:
 
 
 def _read_summary(cfg: Config) -> dict:
-    from rqscale.train.worker import log_dir_of, run_uri_of
+    from rqscale.train.loop import log_dir_of, run_uri_of
 
     local = os.path.join(log_dir_of(cfg), "summary.json")
     url = local if os.path.exists(local) else join(join(run_uri_of(cfg), "logs"), "summary.json")

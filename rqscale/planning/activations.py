@@ -122,14 +122,13 @@ def saved_bytes(fn: Callable[[], object], exclude: Iterable[torch.Tensor] = ()) 
 
 def stage1_activations(cfg: Config) -> dict:
     """Bytes per sample of the stage-1 generator step (RQ-VAE, LPIPS, discriminator on the reconstruction),
-    measured on the meta device in fp32. With engine.precision=bf16 autocast keeps convolution inputs in
+    measured on fake tensors of the real task in fp32. With engine.precision=bf16 autocast keeps convolution inputs in
     bf16 while GroupNorm runs in fp32, so this is an upper bound. The discriminator step that follows
     keeps less (two discriminator passes only)."""
-    from rqscale.train.flops import _build_meta, _generator_step
+    from rqscale.train.flops import BEFORE_GAN, fake_stage1, generator_step
 
-    r, loss = cfg.rqvae, cfg.stage1.loss
-    rqvae, disc, lpips = _build_meta(r, loss)
-    images = torch.zeros(1, r.in_channels, r.resolution, r.resolution, device="meta")
-    params = [*rqvae.parameters(), *disc.parameters(), *(lpips.parameters() if lpips is not None else ())]
-    kept = saved_bytes(lambda: _generator_step(rqvae, disc, lpips, loss, images, loss.disc_weight > 0), params)
+    task, mode, images = fake_stage1(cfg.rqvae, cfg.stage1.loss)  # the real task, on fake tensors
+    step = cfg.stage1.loss.disc_start if cfg.stage1.loss.disc_weight > 0 else BEFORE_GAN
+    with mode:
+        kept = saved_bytes(lambda: generator_step(task, images, step), list(task.parameters()))
     return {"saved": kept, "recompute": 0, "backward_transient": 0, "total": kept}

@@ -85,10 +85,9 @@ def batch_warnings(cfg: Config, plan: dict) -> list:
         out.append(f"train.micro_batch {t.micro_batch} x {world} GPUs does not divide train.global_batch {t.global_batch}: "
                    f"set train.micro_batch to a divisor of {t.global_batch // world}")
     elif t.num_workers != world:
-        keys = (f"train.micro_batch={t.global_batch // world}" if cfg.stage == "stage1"
-                else f"train.grad_accum={t.global_batch // (world * t.micro_batch)}")
+        keys = f" train.micro_batch={t.global_batch // world}" if cfg.stage == "stage1" else ""  # stage 2 derives grad_accum
         out.append(f"the config trains on train.num_workers={t.num_workers} ranks, this plan on {world}: "
-                   f"set train.num_workers={world} {keys} to run it there")
+                   f"set train.num_workers={world}{keys} to run it there")
     return out
 
 

@@ -43,12 +43,18 @@ def cluster_section(c: Cluster) -> dict:
 
 
 def _config_batch(cfg: Config, world: int) -> tuple:
-    """(micro, accum) the config runs with on `world` ranks (validate.batch_plan, without raising):
-    stage 2 keeps train.micro_batch, stage 1 splits the global batch with accumulation 1."""
-    t = cfg.train
-    if cfg.stage == "stage1":
-        return -(-t.global_batch // world), 1
-    return t.micro_batch, max(1, t.global_batch // (t.micro_batch * world))
+    """(micro, accum) the config runs with on `world` ranks: the trainer's own derivation (batch_plan);
+    where that refuses the size, the nearest whole split, so the plan can still say what it would take."""
+    from rqscale.config import ConfigError
+    from rqscale.config.derive import batch_plan
+
+    try:
+        return batch_plan(cfg, world)
+    except ConfigError:
+        t = cfg.train
+        if cfg.stage == "stage1":
+            return -(-t.global_batch // world), 1
+        return t.micro_batch, max(1, t.global_batch // (t.micro_batch * world))
 
 
 def memory_section(cfg: Config, c: Cluster) -> dict:

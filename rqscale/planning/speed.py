@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from rqscale.config import Config
+from rqscale.config import Config, data_kind
 
 # Training-set sizes of the paper's datasets (A.3 and the config comments), matched in data.shards.
 PAPER_DATASETS = (
@@ -27,7 +27,7 @@ DIGITS = 1_797  # scikit-learn's digits, the bundled demo set (DESIGN.md)
 def dataset_size(cfg: Config) -> tuple:
     """(name, images per epoch) the config trains on, or (None, None) when it cannot be told."""
     d = cfg.data
-    if d.kind == "bundled":
+    if data_kind(cfg) == "bundled":
         return (f"bundled-{d.bundled_set}", DIGITS if d.bundled_set == "digits" else d.num_samples)
     shards = d.shards.lower()
     return next(((name, n) for name, n in PAPER_DATASETS if name in shards), (None, None))

@@ -27,13 +27,24 @@ def save_consolidated(path: str, cfg: Config, rqvae: RQVAE, model: RQTransformer
     return path
 
 
-def load_consolidated(path: str, device: str = "cpu"):
-    """-> (cfg, rqvae, model), both in eval mode. A missing or foreign file is a clear error."""
+def _read_state(path: str, **load_args) -> dict:
+    """The checkpoint's dict; a missing or foreign file is a clear error."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: '{path}' (expected the rqtransformer.pt a stage-2 run writes)")
-    state = load_plain(path, map_location=device)  # strings, dicts and tensors only: nothing in it runs
+    state = load_plain(path, **load_args)  # strings, dicts and tensors only: nothing in it runs
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"'{path}' is not an rqscale stage-2 checkpoint (format {FORMAT})")
+    return state
+
+
+def read_config(path: str) -> Config:
+    """Only the config of a consolidated checkpoint (memory-mapped: the weights are not read)."""
+    return from_yaml_text(_read_state(path, map_location="cpu", mmap=True)["config"])
+
+
+def load_consolidated(path: str, device: str = "cpu"):
+    """-> (cfg, rqvae, model), both in eval mode. A missing or foreign file is a clear error."""
+    state = _read_state(path, map_location=device)
     cfg = from_yaml_text(state["config"])
     rqvae = RQVAE(cfg.rqvae)
     rqvae.load_state_dict(state["rqvae"])

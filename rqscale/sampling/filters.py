@@ -1,7 +1,7 @@
 """Per-depth sampling controls: temperature, then top-k, then top-p (nucleus), as in the ref sampler."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -10,6 +10,9 @@ PerDepth = Union[float, int, None, Sequence]
 
 
 def _per_depth(value, depth: int, name: str) -> list:
+    """One value per depth: a sequence of D values, or one value (alone or in a 1-sequence) for all."""
+    if isinstance(value, (list, tuple)) and len(value) == 1:
+        value = value[0]
     if isinstance(value, (list, tuple)):
         if len(value) != depth:
             raise ValueError(f"{name} has {len(value)} values but the model has D={depth} depths: give one value or {depth}")
@@ -26,7 +29,8 @@ class SamplingParams:
     per_depth: List[tuple] = field(default_factory=list, init=False)
 
     def resolve(self, depth: int, num_codes: int) -> "SamplingParams":
-        """Expand to one (temperature, top_k, top_p) per depth, checking every value."""
+        """A copy expanded to one (temperature, top_k, top_p) per depth, every value checked. A copy, so
+        one SamplingParams (e.g. a SampleRequest's) serves models of any depth."""
         temps = _per_depth(self.temperature, depth, "temperature")
         ks = _per_depth(self.top_k, depth, "top_k")
         ps = _per_depth(self.top_p, depth, "top_p")
@@ -39,8 +43,9 @@ class SamplingParams:
                 raise ValueError(f"top_p must be in (0, 1], got {p}")
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-        self.per_depth = list(zip(temps, ks, ps))
-        return self
+        resolved = replace(self)
+        resolved.per_depth = list(zip(temps, ks, ps))
+        return resolved
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: Optional[int], top_p: Optional[float]) -> torch.Tensor:

@@ -42,8 +42,8 @@ def main(argv: Optional[Sequence[str]] = None, *, step_hook: Optional[Callable] 
         print(f"rqscale: config error: {exc}", file=sys.stderr)
         return 2
     from rqscale.launch.trainer import FatalRunError, launch  # heavy imports only after validation
-    from rqscale.train.loop import check_runnable, run_dir_of
-    from rqscale.train.worker import log_dir_of
+    from rqscale.train.in_process import check_runnable, run_dir_of
+    from rqscale.train.loop import log_dir_of
 
     try:
         check_runnable(cfg)

@@ -2,8 +2,12 @@
 
 Stage 2 (RQ-Transformer) is counted analytically from the config, so the 3.8B model is planned
 without building it. Stage 1 (RQ-VAE + discriminator + LPIPS) is convolutional and irregular, so it
-is measured: the networks are built on the meta device (no weights) and one image's training step
-runs under `torch.utils.flop_counter.FlopCounterMode`.
+is counted: the real Stage1Task is built on fake tensors (shapes, no data) and one image's training
+step, as Stage1Engines.step runs it, goes through `torch.utils.flop_counter.FlopCounterMode`. The
+losses are the task's own code, so a change to them changes the count.
+
+flops_and_tokens_per_sample() is what the training loop reports MFU with; the planner (rqscale/planning)
+and the benchmarks read the per-part dicts stage1_flops() / stage2_flops().
 
 Conventions, shared with the usual MFU definition (Kaplan et al. 2020, Sec. 2.1; PaLM App. B):
 - one multiply-add is 2 FLOPs: a (m x k) @ (k x n) product costs 2*m*n*k;
@@ -79,13 +83,58 @@ def stage2_flops(cfg: Config) -> dict:
             "forward": forward, "train": TRAIN_PER_FORWARD * forward}
 
 
-# ---- stage 1: RQ-VAE + PatchGAN + LPIPS (A.1, A.3) ------------------------------------------------
-def quantizer_flops(r: RQVAEConfig) -> int:
-    """Nearest-code search of Eq. 1 at each depth: one (H*W x n_z) @ (n_z x K) product per depth, as
-    EMACodebook.nearest computes it. Counted analytically because the quantizer disables autocast,
-    which has no meta-device variant. The EMA update (bincount, index_add) is not a matmul."""
-    h, w, d = r.code_shape
-    return d * 2 * h * w * r.code_dim * r.num_codes
+# ---- stage 1: RQ-VAE + PatchGAN + LPIPS (A.1, A.3), counted on the real task -----------------------
+# A step before any stage1.loss.disc_start (validated >= 0): the discriminator is off (Stage1Task.disc_active).
+BEFORE_GAN = -1
+
+
+def _task_config(r: RQVAEConfig, loss: Stage1LossConfig) -> Config:
+    """The config Stage1Task reads (rqvae, stage1.loss), with LPIPS's random backbone: FLOPs do not depend
+    on weights, and counting then needs no VGG file."""
+    loss = dataclasses.replace(loss, lpips_random_backbone=True)
+    return dataclasses.replace(Config(), stage="stage1", rqvae=r, stage1=dataclasses.replace(Config().stage1, loss=loss))
+
+
+def fake_stage1(r: RQVAEConfig, loss: Stage1LossConfig) -> tuple:
+    """(Stage1Task, FakeTensorMode, one image): the real task, built and run in the mode.
+
+    Fake tensors carry shapes and dtypes but no data, so a 100M-parameter RQ-VAE costs nothing to build and
+    its step nothing to run; FlopCounterMode counts them (torch.utils.flop_counter's documented use).
+    Fake, not the meta device: the quantizer turns autocast off, which the meta device does not support.
+    allow_non_fake_inputs: LPIPS makes its ScalingLayer constants with the legacy torch.Tensor constructor."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from rqscale.tasks import Stage1Task
+
+    from rqscale.quantizer import LocalCollective
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    with mode:
+        task = Stage1Task(_task_config(r, loss)).train()
+        images = torch.zeros(1, r.in_channels, r.resolution, r.resolution)
+    # Counting runs on every rank of a live process group: the codebook's EMA statistics must not reach a real
+    # collective (NCCL cannot reduce fake tensors, and ranks may count at different times).
+    task.rqvae.quantizer.collective = LocalCollective()
+    return task, mode, images
+
+
+def generator_step(task, images: torch.Tensor, step: int) -> torch.Tensor:
+    """The generator half of Stage1Engines.step (rqscale/train/stage1_engine.py): its losses and backward with
+    the discriminator frozen (its weights get no gradient). Returns the detached reconstruction."""
+    task.discriminator.requires_grad_(False)
+    try:
+        losses = task.generator_losses(images, step)
+        losses["total"].backward()
+    finally:
+        task.discriminator.requires_grad_(True)
+    return losses["reconstruction"]
+
+
+def stage1_step(task, images: torch.Tensor, step: int) -> None:
+    """Stage1Engines.step on one image: the generator's step, then the discriminator's when it is on."""
+    recon = generator_step(task, images, step)
+    if task.disc_active(step):
+        task.discriminator_losses(images, recon)["total"].backward()
 
 
 def _count(fn) -> tuple:
@@ -97,94 +146,43 @@ def _count(fn) -> tuple:
     return counter.get_total_flops(), result
 
 
-def _build_meta(r: RQVAEConfig, loss: Stage1LossConfig) -> tuple:
-    """(RQ-VAE, discriminator, LPIPS or None) with meta weights.
-
-    LPIPS is built with a random backbone: the FLOPs do not depend on the weights, and this needs no
-    VGG file. Its ScalingLayer makes CPU buffers with the legacy torch.Tensor constructor, which
-    ignores the device context, hence the explicit .to("meta")."""
-    from rqscale.losses import PatchDiscriminator, build_lpips
-    from rqscale.models import RQVAE
-
-    with torch.device("meta"):
-        rqvae = RQVAE(r)
-        disc = PatchDiscriminator(r.in_channels, loss.disc_ndf, loss.disc_layers)
-        lpips = build_lpips(None, random_backbone=True).to("meta") if loss.lpips_weight > 0 else None
-    return rqvae, disc, lpips
-
-
-def _generator_step(rqvae, disc, lpips, loss: Stage1LossConfig, images: torch.Tensor, gan: bool) -> torch.Tensor:
-    """Stage1Task.generator_losses' arithmetic with the quantizer replaced by its straight-through
-    identity (z_q = z + sg[...], so gradients and shapes are the same). Returns the reconstruction."""
-    from rqscale.losses import G_LOSSES, adaptive_weight, perceptual_loss
-
-    recon = rqvae.decode_latents(rqvae.latents(images))
-    nll = (recon - images).pow(2).mean()
-    if lpips is not None:
-        nll = nll + loss.lpips_weight * perceptual_loss(lpips, images, recon)
-    total = nll
-    if gan:
-        g_loss = G_LOSSES[loss.gen_loss](disc(recon))
-        total = total + adaptive_weight(nll, g_loss, rqvae.last_layer) * loss.disc_weight * g_loss
-    total.backward()
-    return recon.detach()
-
-
-def _discriminator_step(disc, loss: Stage1LossConfig, images: torch.Tensor, recon: torch.Tensor) -> None:
-    from rqscale.losses import D_LOSSES
-
-    (loss.disc_weight * D_LOSSES[loss.disc_loss](disc(images), disc(recon))).backward()
-
-
-def _forward_parts(r: RQVAEConfig, loss: Stage1LossConfig) -> dict:
-    rqvae, disc, lpips = _build_meta(r, loss)
-    images = torch.zeros(1, r.in_channels, r.resolution, r.resolution, device="meta")
+def _forward_parts(task, images: torch.Tensor) -> dict:
+    """Each network's forward on one image, through the task's own modules and loss terms."""
+    rqvae = task.rqvae
     encoder, z = _count(lambda: rqvae.latents(images))
-    decoder, recon = _count(lambda: rqvae.decode_latents(z))
-    parts = {"encoder_forward": encoder, "quantizer_forward": quantizer_flops(r), "decoder_forward": decoder,
-             "disc_forward": _count(lambda: disc(images))[0], "lpips_forward": 0}
-    if lpips is not None:
-        parts["lpips_forward"] = _count(lambda: lpips(images, recon))[0]
-    return parts
-
-
-def _train_step(r: RQVAEConfig, loss: Stage1LossConfig, gan: bool) -> int:
-    """Measured FLOPs of one image's training step (forward and backward), quantizer added."""
-    rqvae, disc, lpips = _build_meta(r, loss)
-    images = torch.zeros(1, r.in_channels, r.resolution, r.resolution, device="meta")
-
-    def step() -> None:
-        recon = _generator_step(rqvae, disc, lpips, loss, images, gan)
-        if gan:
-            _discriminator_step(disc, loss, images, recon)
-
-    return _count(step)[0] + quantizer_flops(r)
+    quantizer, q = _count(lambda: rqvae.quantizer(z))  # Eq. 1's nearest-code search, one matmul per depth
+    decoder, recon = _count(lambda: rqvae.decode_latents(q.z_q))
+    return {"encoder_forward": encoder, "quantizer_forward": quantizer, "decoder_forward": decoder,
+            "disc_forward": _count(lambda: task.discriminator(images))[0],
+            "lpips_forward": _count(lambda: task._lpips(images, recon))[0] if task.lpips is not None else 0}
 
 
 @functools.lru_cache(maxsize=32)
 def _stage1_cached(rqvae_json: str, loss_json: str) -> tuple:
     r = RQVAEConfig(**json.loads(rqvae_json))
     loss = Stage1LossConfig(**json.loads(loss_json))
-    parts = _forward_parts(r, loss)
-    gan = loss.disc_weight > 0
-    disc_passes = 3 if gan else 0  # D(x^) for the generator loss; D(x), D(x^) for the D loss
-    forward = parts["encoder_forward"] + parts["quantizer_forward"] + parts["decoder_forward"] + parts["lpips_forward"]
-    parts["forward_without_gan"] = forward
-    parts["forward"] = forward + disc_passes * parts["disc_forward"]
-    parts["train"] = _train_step(r, loss, gan)
-    parts["train_without_gan"] = _train_step(r, loss, False) if gan else parts["train"]
+    task, mode, images = fake_stage1(r, loss)
+    with mode:
+        parts = _forward_parts(task, images)
+        gan = task.disc_active(loss.disc_start)
+        forward = sum(parts[f"{p}_forward"] for p in ("encoder", "quantizer", "decoder", "lpips"))
+        parts["forward_without_gan"] = forward
+        parts["forward"] = forward + (3 if gan else 0) * parts["disc_forward"]  # D(x^) for G's loss; D(x), D(x^) for D's
+        parts["train_without_gan"] = _count(lambda: stage1_step(task, images, BEFORE_GAN))[0]
+        parts["train"] = _count(lambda: stage1_step(task, images, loss.disc_start))[0] if gan else parts["train_without_gan"]
     return tuple(parts.items())
 
 
 def stage1_flops(cfg: Config) -> dict:
-    """FLOPs of one image in a stage-1 training step (generator step, then discriminator step).
+    """FLOPs of one image in a stage-1 training step, counted on the real Stage1Task (fake tensors).
 
     forward: every forward pass the step runs: encoder, quantizer search, decoder, LPIPS on the image
              and its reconstruction, and 3 discriminator passes (D(x^) in the generator loss, D(x)
              and D(x^) in the discriminator loss) when stage1.loss.disc_weight > 0.
-    train:   the step's forward and backward as autograd runs them, measured. Not 3x forward: LPIPS
-             is frozen (input gradients only), the real image needs no gradient, and VQGAN's adaptive
-             weight (autograd.grad of two losses w.r.t. the decoder's last conv) adds backward work.
+    train:   Stage1Engines.step's forward and backward as autograd runs them, counted. Not 3x forward:
+             LPIPS is frozen (input gradients only), so is the discriminator during the generator's step,
+             the real image needs no gradient, and VQGAN's adaptive weight (autograd.grad of two losses
+             w.r.t. the decoder's last conv) adds backward work.
     *_without_gan: the same before stage1.loss.disc_start, when the discriminator is off.
     Also the per-network forward parts: encoder_, quantizer_, decoder_, disc_ (one pass), lpips_.
     Results are cached per (rqvae, stage1.loss) config.
@@ -195,5 +193,12 @@ def stage1_flops(cfg: Config) -> dict:
 
 
 def flops_per_sample(cfg: Config) -> float:
-    """Training FLOPs per sample for the configured stage: what Telemetry's MFU divides by time."""
+    """Training FLOPs per sample for the configured stage: what Telemetry's MFU divides by time. Stage 1:
+    the step with the GAN on (its steady state from stage1.loss.disc_start)."""
     return float(stage2_flops(cfg)["train"] if cfg.stage == "stage2" else stage1_flops(cfg)["train"])
+
+
+def flops_and_tokens_per_sample(cfg: Config) -> tuple:
+    """(training FLOPs, tokens) per sample, what the training loop hands Telemetry. Tokens are the
+    RQ-Transformer's H*W*D codes; 0 for stage 1, which models pixels, not a token sequence."""
+    return flops_per_sample(cfg), tokens_per_sample(cfg) if cfg.stage == "stage2" else 0

@@ -18,9 +18,13 @@ def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
 
 @torch.no_grad()
 def reconstruction_picture(model, images: torch.Tensor, path: str) -> str:
-    """Originals, then G(Z^(d)) for d = 1..D: the coarse-to-fine rows of Fig. 5."""
+    """Originals, then G(Z^(d)) for d = 1..D: the coarse-to-fine rows of Fig. 5, each row labelled."""
     model.eval()
     codes = model.encode(images)
-    rows = [images] + [model.decode_codes(codes, depth=d) for d in range(1, model.cfg.code_shape[2] + 1)]
+    depth = model.cfg.code_shape[2]
+    rows = [images] + [model.decode_codes(codes, depth=d) for d in range(1, depth + 1)]
     model.train()
-    return save_grid(rows, path, scale=max(1, 128 // images.shape[-1]))
+    # The title says "first d codes" so nobody reads row "depth d" as code d decoded alone.
+    labels = ["input"] + [f"depth {d}" for d in range(1, depth + 1)]
+    title = f"RQ-VAE reconstructions, coarse to fine\ninput, then decoded from the first d codes (d = 1..{depth})"
+    return save_grid(rows, path, scale=max(1, 128 // images.shape[-1]), labels=labels, title=title)

@@ -2,8 +2,10 @@
 that the DeepSpeed path (stage2_engine.py) is tested and benchmarked against, and shared helpers."""
 from __future__ import annotations
 
-from typing import Sequence
+import os
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +16,7 @@ from rqscale.tasks import Stage2Task
 from rqscale.train.metrics import accumulate
 from rqscale.train.optim import build_optimizer, build_scheduler
 from rqscale.train.stage1 import load_init_weights
-from rqscale.utils.images import save_grid
+from rqscale.utils.images import save_grid, to_uint8
 
 
 def decay_groups(model: nn.Module, weight_decay: float) -> list:
@@ -60,15 +62,76 @@ def load_rqvae(cfg: Config) -> RQVAE:
 
 
 @torch.no_grad()
-def sample_picture(task: Stage2Task, path: str, seed: int, per_row: int = 8) -> str:
-    """One row of samples per class (up to 10 classes), or 4 rows for an unconditional model."""
+def sample_picture(task: Stage2Task, path: str, seed: int, per_row: int = 8,
+                   class_names: Optional[Sequence[str]] = None, params: Optional[SamplingParams] = None,
+                   captions: Optional[Sequence[tuple[str, torch.Tensor]]] = None) -> str:
+    """One labelled row of samples per class or caption (up to 10), or 4 rows for an unconditional model.
+
+    Class rows are named `class_names[c]` when given (indexed by class label), else "class c". A
+    text-conditional model needs `captions`: (text, token ids (L,)) pairs; the text names the row."""
+    params = params or SamplingParams()
+    labels, conds = _row_conditions(task.model.cfg, per_row, class_names, captions)
     model = task.model.eval()
-    device = next(model.parameters()).device
-    conditional = model.cfg.condition == "class"
-    rows = []
-    for row in range(min(10, model.cfg.num_classes) if conditional else 4):
-        cond = torch.full((per_row,), row, device=device) if conditional else None
-        codes = sample_codes(model, per_row, cond, SamplingParams(), torch.Generator(device=device).manual_seed(seed + row))
-        rows.append(task.rqvae.decode_codes(codes.view(per_row, *task.cfg.rqvae.code_shape)))
+    rows = [_sample_row(task, cond, per_row, params, seed + i) for i, cond in enumerate(conds)]
     model.train()
-    return save_grid(rows, path, scale=max(1, 64 // rows[0].shape[-1]))
+    rows_are = {"class": "one row per class", "text": "one row per caption"}.get(model.cfg.condition, "unconditional")
+    title = f"RQ-Transformer samples, {rows_are}\n{_describe(params)}"
+    _save_arrays(rows, conds, labels, os.path.splitext(path)[0] + ".npz")
+    return save_grid(rows, path, scale=max(1, 64 // rows[0].shape[-1]), labels=labels, title=title)
+
+
+def _save_arrays(rows: list, conds: list, labels: list, path: str) -> None:
+    """The picture's samples for programs: images (N, H, W, 3) uint8 row by row, each sample's row
+    label, and its class (-1 when the row is not a class)."""
+    per_row = rows[0].shape[0]
+    classes = [int(c[0]) if c is not None and c.dim() == 1 else -1 for c in conds]
+    np.savez(path, images=np.concatenate([to_uint8(r) for r in rows]), labels=np.repeat(np.array(labels), per_row),
+             classes=np.repeat(np.array(classes), per_row))
+
+
+def picture_sampling(cfg: Config) -> SamplingParams:
+    """stage2.sampling as the sampler's parameters (0 and 1.0 mean off)."""
+    sp = cfg.stage2.sampling
+    return SamplingParams(temperature=sp.temperature, top_k=sp.top_k or None, top_p=sp.top_p if sp.top_p < 1.0 else None,
+                          cfg_scale=sp.cfg_scale)
+
+
+def run_picture(task: Stage2Task, cfg: Config, path: str) -> str:
+    """The run's sample picture (and its .npz): rows named by the data's classes, cfg's sampling."""
+    from rqscale.data.pipeline import class_names_of
+
+    m = task.model.cfg
+    names = class_names_of(cfg) if m.condition == "class" else None
+    if names is not None and len(names) < min(10, m.num_classes):  # the data names fewer classes than the model has
+        names = None
+    return sample_picture(task, path, seed=cfg.run.seed, class_names=names, params=picture_sampling(cfg))
+
+
+def _row_conditions(cfg, n: int, class_names, captions) -> tuple[list[str], list]:
+    """(row labels, per-row condition batches or None) for sample_picture."""
+    if cfg.condition == "none":
+        return ["unconditional"] * 4, [None] * 4
+    if cfg.condition == "text":
+        if not captions:
+            raise ValueError("a text-conditional model needs captions=[(text, token ids), ...] to draw samples")
+        return [text for text, _ in captions[:10]], [tokens.expand(n, -1) for _, tokens in captions[:10]]
+    classes = range(min(10, cfg.num_classes))
+    if class_names is not None and len(class_names) < len(classes):
+        raise ValueError(f"sample_picture got {len(class_names)} class_names for {len(classes)} classes: "
+                         "give one name per class label, in label order")
+    labels = [class_names[c] if class_names is not None else f"class {c}" for c in classes]
+    return labels, [torch.full((n,), c) for c in classes]
+
+
+def _sample_row(task: Stage2Task, cond: Optional[torch.Tensor], n: int, params: SamplingParams, seed: int) -> torch.Tensor:
+    device = next(task.model.parameters()).device
+    cond = None if cond is None else cond.to(device)
+    codes = sample_codes(task.model, n, cond, params, torch.Generator(device=device).manual_seed(seed))
+    return task.rqvae.decode_codes(codes.view(n, *task.cfg.rqvae.code_shape))
+
+
+def _describe(params: SamplingParams) -> str:
+    """The sampling settings in the title, so a grid is never judged without knowing how it was drawn."""
+    top_k, top_p = params.top_k or "off", params.top_p if params.top_p not in (None, 1.0) else "off"
+    text = f"temperature {params.temperature}, top-k {top_k}, top-p {top_p}"
+    return text + (f", guidance scale {params.cfg_scale}" if params.cfg_scale != 1.0 else "")

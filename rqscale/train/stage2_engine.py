@@ -15,7 +15,7 @@ from rqscale.sampling.checkpoint import save_consolidated
 from rqscale.tasks import Stage2Task
 from rqscale.train.engine_step import engine_step
 from rqscale.train.optim import build_optimizer, build_scheduler
-from rqscale.train.stage2 import decay_groups, load_rqvae, sample_picture
+from rqscale.train.stage2 import decay_groups, load_rqvae, run_picture
 from rqscale.utils.collectives import DeviceCollectives
 
 ENGINE_TAG = "engine"
@@ -69,7 +69,7 @@ class Stage2Engines:
             return None
         task = Stage2Task(self.cfg, self.task.rqvae)
         task.model.load_state_dict(state)
-        return sample_picture(task.to(next(self.task.rqvae.parameters()).device), path, seed=self.cfg.run.seed)
+        return run_picture(task.to(next(self.task.rqvae.parameters()).device), self.cfg, path)
 
 
 def plain_model(cfg: Config, state: dict) -> RQTransformer:

@@ -3,8 +3,10 @@
 Throughput is reported per step from the global batch and the step's wall time:
   images/s = samples / seconds,  tokens/s = images/s * H*W*D
   TFLOP/s per worker = flops_per_sample * samples / seconds / world_size / 1e12
-  MFU = TFLOP/s per worker / peak TFLOP/s of one accelerator (train.peak_tflops)
-flops_per_sample comes from rqscale.train.flops (model FLOPs, no recompute).
+  MFU = TFLOP/s per worker / peak TFLOP/s of one worker's chip
+flops_per_sample comes from rqscale.train.flops (model FLOPs, no recompute); the peak from
+rqscale.utils.peak (train.peak_tflops, else a GPU's datasheet, else the CPU's measured matmul peak),
+named once in the log as `peak_source`.
 
 Also here: NonFiniteGuard, which skips steps whose loss is NaN/inf and stops a diverged run.
 """
@@ -52,7 +54,12 @@ def throughput(samples: int, seconds: float, *, world_size: int, flops_per_sampl
             "tflops_per_worker": tflops, "mfu": tflops / peak_tflops}
 
 
+DATA_KEYS = ("skipped_samples",)  # unreadable samples skipped so far, all ranks (rqscale/data/reader.py)
+
+
 def scalar_tag(key: str) -> str:
+    if key in DATA_KEYS:
+        return f"data/{key}"
     if key in PERF_KEYS:
         return f"perf/{key}"
     if key in OPTIM_KEYS:
@@ -99,14 +106,18 @@ class Telemetry:
 
     def __init__(self, log_dir: str, *, enabled: bool, world_size: int, flops_per_sample: float,
                  tokens_per_sample: int, peak_tflops: float, log_every: int, keys: tuple,
-                 log: Callable[[str], None] = print, resume_step: Optional[int] = None):
+                 log: Callable[[str], None] = print, resume_step: Optional[int] = None,
+                 peak_source: Optional[str] = None):
         self.enabled, self.log_dir, self.log = enabled, log_dir, log
         self.rates = dict(world_size=world_size, flops_per_sample=flops_per_sample,
                           tokens_per_sample=tokens_per_sample, peak_tflops=peak_tflops)
         self.log_every, self.keys = log_every, tuple(keys)
+        self.peak = {"peak_tflops": peak_tflops, "peak_source": peak_source}  # for a run's summary
         self._file = self._writer = None
         if enabled:
             self._open(resume_step)
+            if peak_source:  # what the MFU column is a fraction of, said once
+                log(f"MFU against {peak_source}: {peak_tflops:.4g} TFLOP/s per worker")
 
     def _open(self, resume_step: Optional[int]) -> None:
         from torch.utils.tensorboard import SummaryWriter  # local: only rank 0 needs tensorboard
@@ -141,8 +152,12 @@ class Telemetry:
 
     def progress_line(self, record: dict) -> str:
         shown = "  ".join(f"{k} {record[k]:.4f}" for k in self.keys if _number(record.get(k)) is not None)
-        return (f"step {record['step']:>6}  {shown}  images/s {record['images_per_s']:.1f}  "
-                f"MFU {100 * record['mfu']:.2f}%  mem {record['mem_gb']:.2f} GB")
+        line = (f"step {record['step']:>6}  {shown}  images/s {record['images_per_s']:.1f}  "
+                f"MFU {100 * record['mfu']:.1f}%  mem {record['mem_gb']:.2f} GB")
+        for key, what in (("skipped_samples", "samples"), ("skipped_steps", "steps")):  # shown once there are any
+            if record.get(key):
+                line += f"  skipped {record[key]} {what}"
+        return line
 
     def image(self, tag: str, png_path: str, step: int) -> None:
         """Add a PNG (e.g. a sample grid) to TensorBoard under `tag`."""

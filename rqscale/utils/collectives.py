@@ -80,6 +80,15 @@ class DeviceCollectives:
         dist.broadcast_object_list(box, src=src, group=self.group, device=self._require_device())
         return box[0]
 
+    def all_gather_object(self, value: Any) -> list:
+        """Every rank's `value`, in rank order, on every rank (pickled; staged through the helper's device)."""
+        if not self.active():
+            return [value]
+        self._require_device()  # all_gather_object stages through torch.cuda.current_device(), set by the loop
+        box = [None] * self.world_size
+        dist.all_gather_object(box, value, group=self.group)
+        return box
+
     def barrier(self) -> None:
         if not self.active():
             return

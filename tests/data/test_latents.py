@@ -63,6 +63,7 @@ def test_missing_rqvae_is_named(latent_setup, tmp_path):
     assert proc.returncode == 2 and "none.pt" in proc.stderr
 
 
+@pytest.mark.slow
 def test_stage2_trains_from_latent_shards(latent_setup, tmp_path):
     root = latent_setup[0]
     proc = subprocess.run([sys.executable, "-m", "rqscale.train", DEBUG_STAGE2, f"run.output_dir={tmp_path}", "train.max_steps=3",

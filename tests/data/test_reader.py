@@ -52,13 +52,13 @@ def test_resume_with_fewer_ranks_continues_the_same_global_batches(digit_shards)
         it = part.epoch_batches()
         seen += keys_of(next(it) for _ in range(k))
     state = first[0].state_dict()
-    assert state == first[1].state_dict() == {"epoch": 0, "next_batch": k, "bad_samples": 0, "bad_samples_total": 0}
+    assert state == first[1].state_dict() == {"epoch": 0, "next_batch": k, "bad_samples": 0, "bad_samples_total": 0, "bad_examples": []}
     single = loader(digit_shards, 0, 1)
     single.load_state_dict(state)
     rest = list(single.epoch_batches())
     assert [b["keys"] for b in rest] == uninterrupted[k:]  # identical next global batches
     assert sorted(seen + keys_of(rest)) == sorted(keys_of(b for r in ranks for b in r))  # one epoch exactly
-    assert single.state_dict() == {"epoch": 1, "next_batch": 0, "bad_samples": 0, "bad_samples_total": 0}
+    assert single.state_dict() == {"epoch": 1, "next_batch": 0, "bad_samples": 0, "bad_samples_total": 0, "bad_examples": []}
 
 
 def test_resume_reproduces_augmentation(digit_shards):
@@ -140,6 +140,10 @@ def test_each_kind_of_bad_data_is_skipped_and_counted(bad_data_shards):
     keys = keys_of(ok.epoch_batches())
     assert ok.state_dict()["bad_samples_total"] == 5
     assert sorted(keys) == sorted(f"digit{i:05d}" for i in range(20) if i not in (2, 5, 7, 9, 11))
+    examples = dict(ok.state_dict()["bad_examples"])  # the first five, named, with their reasons
+    assert sorted(examples) == [f"digit{i:05d}" for i in (2, 5, 7, 9, 11)]
+    assert "image does not decode" in examples["digit00002"] and "no 'jpg' field" in examples["digit00007"]
+    assert "not an integer" in examples["digit00009"] and "not UTF-8" in examples["digit00011"]
     with pytest.raises(BadDataError, match="over the budget data.max_bad_samples=4 .latest: sample digit"):
         list(loader(bad_data_shards, max_bad_samples=4).epoch_batches())
 
@@ -218,3 +222,21 @@ def test_reads_survive_an_s3_outage(s3_bucket, tmp_path):
         replacement.stop()
     finally:
         os.environ["AWS_ENDPOINT_URL"] = old
+
+
+def test_damaged_tar_headers_and_cut_shards_cost_only_the_samples_they_touch(tmp_path):
+    """Damage as storage does it, after the manifest was written: bytes overwritten inside one sample's
+    tar header, and a shard file cut short. Each loses exactly the samples it covers, named by place."""
+    write_shards(first_digits(40), str(tmp_path), "bad", max_samples=10)
+    shards = load_shards(str(tmp_path / "manifest.json"))
+    damaged = tmp_path / "shard-000001.tar"
+    data = bytearray(damaged.read_bytes())
+    data[shards[1].offsets[4]:shards[1].offsets[4] + 100] = b"\xff" * 100  # sample 4's header: name and checksum
+    damaged.write_bytes(bytes(data))
+    cut = tmp_path / "shard-000002.tar"
+    cut.write_bytes(cut.read_bytes()[: shards[2].offsets[8] + 10])  # samples 8 and 9 are gone
+    ok = loader(shards, max_bad_samples=10)
+    keys = keys_of(ok.epoch_batches())
+    assert len(keys) == 37 and ok.state_dict()["bad_samples_total"] == 3
+    assert sorted(k for k, _ in ok.state_dict()["bad_examples"]) == ["shard-000001.tar#4", "shard-000002.tar#8", "shard-000002.tar#9"]
+    assert {"digit00014", "digit00028", "digit00029"}.isdisjoint(keys) and "digit00015" in keys

@@ -1,4 +1,5 @@
 """The caption tokenizer trained on the demo captions: round trip, fixed length 32 with padding."""
+import pytest
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ def test_round_trip_and_padding(tmp_path):
     assert ids.tolist() == encoded.ids
 
 
+@pytest.mark.slow
 def test_cli_from_demo_manifest(tmp_path):
     from data_prep.demo import build
 

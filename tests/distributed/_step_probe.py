@@ -1,4 +1,4 @@
-"""Inside a spawned gloo rank: run the real training Worker while watching what a GPU would punish.
+"""Inside a spawned gloo rank: run the real training TrainingLoop while watching what a GPU would punish.
 
 Three probes, all attributing each event to the first stack frame outside torch:
 - collectives: every torch.distributed collective is intercepted; those issued by rqscale code must
@@ -131,14 +131,14 @@ def run_rank(rank, world, port, overrides_by_stage, out_dir):
         from rqscale.train.session import LocalSession
         from rqscale.train.stage1_engine import Stage1Engines
         from rqscale.train.stage2_engine import Stage2Engines
-        from rqscale.train.worker import Worker, run_uri_of
+        from rqscale.train.loop import TrainingLoop, run_uri_of
 
         report, probe = {}, Probe()
         install(probe, [Stage1Engines, Stage2Engines])
         for stage, (config, overrides) in overrides_by_stage.items():
             probe.collectives, probe.factories, probe.syncs = [], [], []
             cfg = load(config, overrides)
-            Worker(cfg, LocalSession(run_uri_of(cfg), cfg.checkpoint.keep), log=lambda line: None).run()
+            TrainingLoop(cfg, LocalSession(run_uri_of(cfg), cfg.checkpoint.keep), log=lambda line: None).run()
             report[stage] = {"collectives": probe.collectives, "factories": probe.factories, "syncs": probe.syncs}
             probe.step = None
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:

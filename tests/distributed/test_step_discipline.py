@@ -1,4 +1,4 @@
-"""GPU discipline of the real training step, proven on CPU: 2 gloo ranks run the real `Worker` (the
+"""GPU discipline of the real training step, proven on CPU: 2 gloo ranks run the real `TrainingLoop` (the
 loop every Ray Train worker runs) for both stages, under the probes of tests/distributed/_step_probe.py.
 
 On CPU the engine's device *is* the CPU, so "the tensor is on the engine's device" holds trivially.
@@ -42,7 +42,8 @@ def probed(tmp_path_factory):
     rqvae = tmp / "rqvae.pt"  # weights do not matter here, only the step's mechanics
     torch.save(RQVAE(load(DEBUG_STAGE2, check_files=False).rqvae).state_dict(), rqvae)
     common = [f"run.output_dir={tmp / 'runs'}", f"train.num_workers={WORLD}", f"train.max_steps={STEPS}",
-              f"train.log_every={STEPS}", f"checkpoint.every_steps={STEPS}", "data.bundled_set=digits"]
+              f"train.log_every={STEPS}", f"checkpoint.every_steps={STEPS}", "data.bundled_set=digits",
+              "engine.precision=bf16"]  # the GPU path's precision, whatever this CPU would pick for `auto`
     stages = {
         "stage1": (DEBUG_STAGE1, [*common, "run.name=probe-s1", "train.global_batch=16", "train.micro_batch=8",
                                   "stage1.loss.disc_start=2"]),
@@ -68,7 +69,7 @@ def test_rqscale_collectives_all_go_through_the_device_helper(probed):
         in_plain_steps = {c["step"] for c in helped if c["name"] == "all_reduce"}
         assert PLAIN_STEPS <= in_plain_steps, f"{label}: the step's finiteness flag was not reduced through the helper"
         for call in helped:
-            assert call["helper_device"] == "cpu", call  # the engine's device, given by the Worker
+            assert call["helper_device"] == "cpu", call  # the engine's device, given by the TrainingLoop
             assert all(d == call["helper_device"] for d in call["devices"]), call
 
 

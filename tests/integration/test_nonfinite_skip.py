@@ -3,7 +3,7 @@ finite step trains normally; the guard stops a run after too many in a row."""
 import pytest
 import torch
 
-from rqscale.config import load
+from rqscale.config import batch_plan, load
 from rqscale.data.pipeline import RankBatches
 from rqscale.engine import init_distributed
 from rqscale.train.stage2_engine import Stage2Engines
@@ -30,7 +30,7 @@ def test_nan_step_is_skipped_then_training_continues(trained_stage1):
                               "stage2.loss.stochastic_codes=false"])  # NaN inputs cannot be sampled from
     init_distributed()
     engines = Stage2Engines(cfg, 1, torch.device("cpu"))
-    data = RankBatches(cfg, 0, 1, cfg.train.grad_accum)
+    data = RankBatches(cfg, 0, 1, batch_plan(cfg, 1)[1])
     engines.step(data.next_step(), 0)
     before = _weights(engines)
     poisoned = data.next_step()

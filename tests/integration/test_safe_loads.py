@@ -69,7 +69,7 @@ def test_evaluate_refuses_a_pickled_payload(tmp_path, capsys):
 def two_step_run(tmp_path_factory):
     """(overrides, run dir) of a finished 2-step stage-2 run with complete checkpoints at steps 1 and 2."""
     from rqscale.models import RQVAE
-    from rqscale.train.loop import run
+    from rqscale.train.in_process import run
 
     root = tmp_path_factory.mktemp("safe_loads")
     rqvae = root / "rqvae.pt"
@@ -83,7 +83,7 @@ def two_step_run(tmp_path_factory):
 def resume(two_step_run, tmp_path, tamper) -> None:
     """Copy the run, let `tamper(checkpoint dir)` change files, re-mark it complete, resume to step 3."""
     from rqscale.train import checkpoint as ckpt
-    from rqscale.train.loop import run
+    from rqscale.train.in_process import run
 
     overrides, built = two_step_run
     shutil.copytree(built, tmp_path / "copy")

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import DEBUG_STAGE2, REPO
+from tests.conftest import DEBUG_STAGE2, REPO, UNCONDITIONAL
 
 STEPS, EVERY = 6, 2
 
@@ -35,7 +35,7 @@ def stage2_overrides(rqvae: str, output_dir: str, name: str, *extra) -> list:
 # Randomness inside the step (condition dropout, stochastic codes): a resumed run must restore RNG.
 RANDOM = ("stage2.model.cond_dropout=0.1",)
 # No randomness inside the step: 2 ranks and 1 process must then agree to rounding.
-DETERMINISTIC = ("stage2.loss.stochastic_codes=false",)
+DETERMINISTIC = ("stage2.loss.stochastic_codes=false", *UNCONDITIONAL)
 
 
 def final_weights(run_dir) -> dict:

@@ -38,6 +38,20 @@ def test_zero3_on_two_workers_matches_one_process(deterministic_run, rqvae_file)
     assert summary["workers"] == 2 and summary["steps"] == STEPS
 
 
+def test_the_terminal_shows_rqscale_lines_only(deterministic_run):
+    """By default (run.verbose=false) a person sees rqscale's progress and events, not Ray Train's
+    per-rank report dumps, its controller's lines or DeepSpeed's and torch's output."""
+    _, log = deterministic_run
+    lines = [line for line in log.splitlines() if line.strip()]
+    assert sum(line.startswith("step ") for line in lines) == STEPS  # train.log_every=1
+    assert any(line.startswith("rqscale: worker group started: 2 workers on cpu") for line in lines)
+    assert any(line.startswith("MFU against measured CPU") for line in lines)
+    for noise in ("Reporting training result", "RayTrainWorker", "TrainController", "DeepSpeed", "Warning", "INFO"):
+        assert noise not in log, noise
+    others = [line for line in lines if not line.startswith(("step ", "rqscale: ", "MFU against"))]
+    assert others == [], others
+
+
 def test_killed_worker_is_restarted_and_resumes_exactly(random_run, rqvae_file, ray_runs):
     """SIGKILL rank 1 at step 3: Ray restarts the group from the step-2 checkpoint; the result equals
     the uninterrupted run (same data exactly once, restored RNG and optimizer state)."""
@@ -73,11 +87,13 @@ def test_config_error_fails_before_ray_starts(rqvae_file, ray_runs):
 def test_deterministic_worker_error_is_not_retried(rqvae_file, ray_runs):
     """Labels 0-9 for a 5-class model fail the same way on every attempt: the run stops at once
     with the error instead of spending train.max_failures restarts on it."""
-    proc = train_cli(*stage2_overrides(rqvae_file, ray_runs, "bad-labels", "stage2.model.num_classes=5", "train.max_failures=3"))
+    proc = train_cli(*stage2_overrides(rqvae_file, ray_runs, "bad-labels", "stage2.model.num_classes=5", "train.max_failures=3",
+                                       "run.verbose=true"))  # verbose: Ray's own lines too
     assert proc.returncode == 1
     assert "error (not retried)" in proc.stdout and "stage2.model.num_classes" in proc.stdout
     starts = re.findall(r"pid=(\d+)\)\S* rqscale: worker group started", proc.stdout)
     assert len(set(starts)) == 1, starts  # one worker group (Ray may echo a line twice), no restart
+    assert proc.stdout.count("Started training worker group") == 1  # the controller's line, shown when verbose
     # One line with the worker's own error and where its full traceback is; nothing left in storage.
     line = next(line for line in proc.stdout.splitlines() if line.startswith("rqscale: error (not retried): "))
     assert "ConfigError: config key 'stage2.model.num_classes': the data has labels 0..9" in line, line
@@ -100,7 +116,7 @@ def test_deterministic_worker_error_on_a_shared_cluster_stops_ray_train(rqvae_fi
     finally:
         cluster.stop()
     assert proc.returncode == 1 and "error (not retried): ConfigError" in proc.stdout, proc.stdout[-4000:]
-    assert proc.stdout.count("Started training worker group") == 1, proc.stdout[-4000:]
+    assert proc.stdout.count("rqscale: worker group started") == 1, proc.stdout[-4000:]  # one group, no restart
     run_actors = [a for a in actors if a["class_name"] in ("TrainController", "RayTrainWorker", "FatalChannel")]
     assert sorted(a["class_name"] for a in run_actors) == ["FatalChannel", "RayTrainWorker", "RayTrainWorker", "TrainController"]
     assert all(a["state"] == "DEAD" for a in run_actors), run_actors

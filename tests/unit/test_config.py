@@ -34,7 +34,7 @@ def test_yaml_and_overrides_layer_on_schema(tmp_path):
     [
         ("train.global_bach=16", "train.global_bach", "did you mean 'train.global_batch'"),
         ("train.max_steps=abc", "train.max_steps", "wrong type"),
-        ("train.micro_batch=5", "train.global_batch", "micro_batch 5"),
+        ("train.micro_batch=5", "train.micro_batch", "set train.micro_batch=16"),
         ("rqvae.code_shape=[4,4,4]", "rqvae.code_shape", "[8,8,4]"),
         ("rqvae.ema_decay=1.5", "rqvae.ema_decay", "(0, 1)"),
         ("stage1.optim.lr=-1", "stage1.optim.lr", "out of range"),
@@ -65,7 +65,7 @@ def test_missing_lpips_weights_names_the_file(tmp_path):
 CLI_CASES = {  # overrides, the key the message must name, more text it must hold
     "unknown key": (["rqvae.num_code=3"], "rqvae.num_code", "did you mean 'rqvae.num_codes'"),
     "wrong type": (["train.global_batch=many"], "train.global_batch", "many"),
-    "inconsistent batch": (["train.micro_batch=8"], "train.global_batch", "micro_batch 8"),
+    "inconsistent batch": (["train.micro_batch=8"], "train.micro_batch", "set train.micro_batch=16"),
     "missing lpips weights": (["stage1.loss.lpips_random_backbone=false", "stage1.loss.lpips_backbone=/no/such/vgg16.pth"],
                               "stage1.loss.lpips_backbone", "/no/such/vgg16.pth"),
 }
@@ -154,8 +154,69 @@ def test_batch_plan_keeps_the_global_batch_under_resizes():
     from tests.conftest import DEBUG_STAGE2
 
     stage2 = load(DEBUG_STAGE2, ["train.num_workers=2", "train.micro_batch=8", "train.global_batch=32", "train.grad_accum=2",
-                                 "train.min_workers=1", "stage2.rqvae_checkpoint=null"], check_files=False)
+                                 "train.min_workers=1"], check_files=False)
     assert [batch_plan(stage2, w) for w in (1, 2, 4)] == [(8, 4), (8, 2), (8, 1)]
     stage1 = load(DEBUG, ["train.num_workers=2", "train.micro_batch=8"])
     assert [batch_plan(stage1, w) for w in (1, 2)] == [(16, 1), (8, 1)]  # stage 1: accumulation stays 1
     assert zero_stage(stage2) == 3 and zero_stage(stage1) == 1
+
+
+def _stage2(*overrides):
+    from tests.conftest import DEBUG_STAGE2
+
+    return load(DEBUG_STAGE2, list(overrides), check_files=False)
+
+
+def test_resubmitting_on_fewer_workers_needs_only_num_workers():
+    """A 2-worker stage-2 run (global 32 = micro 16 x 2 workers) resubmitted with train.num_workers=1
+    alone accumulates 2 micro-batches; the stored config keeps grad_accum unset, so it can move again."""
+    from rqscale.config import batch_plan, from_yaml_text, to_yaml
+
+    two = _stage2("train.num_workers=2", "train.micro_batch=16")
+    one = _stage2("train.num_workers=2", "train.micro_batch=16", "train.num_workers=1")
+    assert (two.train.global_batch, batch_plan(two, 2), batch_plan(one, 1)) == (32, (16, 1), (16, 2))
+    assert one.train.grad_accum is None and batch_plan(from_yaml_text(to_yaml(one)), 1) == (16, 2)
+    assert batch_plan(_stage2("train.num_workers=1", "train.micro_batch=16", "train.grad_accum=2"), 1) == (16, 2)
+
+
+@pytest.mark.parametrize("overrides, key, fix", [
+    (["train.num_workers=1", "train.micro_batch=16", "train.grad_accum=1"], "train.grad_accum",
+     "drop train.grad_accum (it is derived: 2 here) or set train.grad_accum=2"),
+    (["train.num_workers=1", "train.micro_batch=12"], "train.micro_batch", "set train.micro_batch=8 or 16, or train.global_batch=24 or 36"),
+    (["train.num_workers=3", "train.micro_batch=16"], "train.num_workers", "set train.num_workers=2, or train.global_batch=48"),
+    (["train.num_workers=4", "train.micro_batch=8", "train.min_workers=3"], "train.min_workers", "set train.min_workers=4"),
+])
+def test_a_batch_that_cannot_be_made_whole_is_refused_with_the_fix(overrides, key, fix):
+    with pytest.raises(ConfigError) as err:
+        _stage2(*overrides)
+    assert err.value.key == key and fix in err.value.fix, str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_shards_alone_train_from_shards(tmp_path, monkeypatch):
+    from rqscale.config import data_kind
+    from rqscale.data import pipeline
+
+    cfg = load(DEBUG, ["data.shards=s3://bucket/digits/manifest.json"])
+    assert cfg.data.kind == "webdataset" == data_kind(cfg)
+    save_resolved(cfg, str(tmp_path / "resolved.yaml"))
+    assert load(str(tmp_path / "resolved.yaml")) == cfg
+    assert load(DEBUG, ["data.shards=s3://b/manifest.json", "data.kind=webdataset"]).data.kind == "webdataset"  # still accepted
+    assert load(DEBUG).data.kind == "bundled"
+
+    class ReadsShards(Exception):
+        pass
+
+    def load_shards(url):
+        raise ReadsShards(url)
+
+    monkeypatch.setattr(pipeline, "load_shards", load_shards)  # the training data's first read, stopped there
+    cfg.data.kind = None  # also a Config built in code, never through load(): the pipeline derives the kind itself
+    with pytest.raises(ReadsShards, match="s3://bucket/digits/manifest.json"):
+        pipeline.RankBatches(cfg, 0, 1, 1)
+
+
+def test_bundled_kind_with_shards_is_refused():
+    with pytest.raises(ConfigError) as err:
+        load(DEBUG, ["data.kind=bundled", "data.shards=s3://bucket/digits/manifest.json"])
+    assert err.value.key == "data.kind" and "drop data.kind" in err.value.fix

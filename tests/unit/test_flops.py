@@ -1,4 +1,5 @@
-"""The analytic FLOP model against torch's FlopCounterMode on real forward passes.
+"""The FLOP model against torch's FlopCounterMode on real passes: stage 2's analytic count, stage 1's count of
+the real task on fake tensors, and the one function the training loop reports MFU with.
 
 On CPU, SDPA dispatches to `_scaled_dot_product_flash_attention_for_cpu`, which the counter has no
 formula for (it would count attention as 0). The math backend computes the same attention as two
@@ -14,8 +15,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from rqscale.config import load
 from rqscale.models import RQVAE, RQTransformer
 from rqscale.plan import stage2_params
+from rqscale.tasks import Stage1Task
+from rqscale.train import flops
 from rqscale.train.flops import flops_per_sample, stage1_flops, stage2_flops, tokens_per_sample
-from tests.conftest import DEBUG_STAGE1, DEBUG_STAGE2, REPO
+from tests.conftest import DEBUG_STAGE1, DEBUG_STAGE2, REPO, UNCONDITIONAL
 
 BENCH_STAGE2 = os.path.join(REPO, "configs", "debug", "stage2_bench.yaml")
 BATCH = 3
@@ -48,7 +51,7 @@ def measured_stage2_forward(cfg) -> float:
     (DEBUG_STAGE2, ()),
     (BENCH_STAGE2, ()),
     (DEBUG_STAGE2, ("stage2.model.condition=text", "stage2.model.text_vocab=1000", "stage2.model.text_length=12")),
-    (DEBUG_STAGE2, ("stage2.model.condition=none",)),
+    (DEBUG_STAGE2, ("stage2.model.condition=none", *UNCONDITIONAL)),
 ], ids=["debug-class", "bench-class", "debug-text", "debug-none"])
 def test_stage2_forward_matches_flop_counter(path, overrides):
     cfg = stage2_cfg(path, *overrides)
@@ -74,7 +77,7 @@ def test_stage2_train_matches_counted_forward_and_backward(path):
 
 
 def test_text_condition_adds_prefix_attention_and_text_head():
-    base = stage2_flops(stage2_cfg(DEBUG_STAGE2, "stage2.model.condition=none"))
+    base = stage2_flops(stage2_cfg(DEBUG_STAGE2, "stage2.model.condition=none", *UNCONDITIONAL))
     text = stage2_flops(stage2_cfg(DEBUG_STAGE2, "stage2.model.condition=text", "stage2.model.text_length=12",
                                    "stage2.model.text_vocab=1000"))
     assert text["depth_forward"] == base["depth_forward"]  # the depth stack never sees the caption
@@ -151,3 +154,55 @@ def test_stage1_flops_are_cached_per_config():
     assert _stage1_cached.cache_info().hits == hits + 1 and again == stage1_flops(cfg)
     assert flops_per_sample(cfg) == stage1_flops(cfg)["train"]
     assert flops_per_sample(stage2_cfg()) == stage2_flops(stage2_cfg())["train"]
+
+
+@pytest.mark.slow
+def test_stage1_step_count_equals_a_real_cpu_step():
+    """Fake tensors count what real ones compute: Stage1Engines.step's work on a real task, 2 images, GAN on."""
+    cfg = load(DEBUG_STAGE1, ["stage1.loss.disc_start=0"], check_files=False)
+    torch.manual_seed(0)
+    task = Stage1Task(cfg).train()
+    images = torch.rand(2, 3, cfg.rqvae.resolution, cfg.rqvae.resolution) * 2 - 1
+    with FlopCounterMode(display=False) as counter:
+        flops.stage1_step(task, images, step=0)
+    assert counter.get_total_flops() / 2 == stage1_flops(cfg)["train"]
+
+
+def test_gan_switches_the_discriminator_step_in_and_out():
+    cfg = load(DEBUG_STAGE1, [], check_files=False)
+    f = stage1_flops(cfg)
+    no_gan = stage1_flops(load(DEBUG_STAGE1, ["stage1.loss.disc_weight=0"], check_files=False))
+    # The GAN adds G's pass through D (forward and input gradients; D is frozen), D's own step on x and x^
+    # (forwards and weight gradients), and the adaptive weight's gradients of both losses: > 6 D passes.
+    assert f["train"] - no_gan["train"] > 6 * f["disc_forward"]
+    assert stage1_flops(load(DEBUG_STAGE1, ["stage1.loss.disc_start=0"], check_files=False))["train"] == f["train"]
+
+
+def test_the_training_loop_reports_with_flops_py():
+    import rqscale.train.loop as loop
+
+    assert loop.flops_and_tokens_per_sample is flops.flops_and_tokens_per_sample and not hasattr(loop, "_flops")
+    stage1 = load(DEBUG_STAGE1, [], check_files=False)
+    assert flops.flops_and_tokens_per_sample(stage1) == (stage1_flops(stage1)["train"], 0)
+    assert flops.flops_and_tokens_per_sample(stage2_cfg()) == (stage2_flops(stage2_cfg())["train"], 8 * 8 * 4)
+
+
+def test_stage1_count_runs_the_tasks_own_losses(monkeypatch):
+    """No copy of the losses in flops.py: extra work in Stage1Task's generator loss shows up in the count."""
+    cfg = load(DEBUG_STAGE1, [], check_files=False)
+    before = stage1_flops(cfg)
+    real = Stage1Task.generator_losses
+
+    def heavier(self, images, step):  # one more (32x32) @ (32x32) product per image channel, forward only
+        losses = real(self, images, step)
+        return {**losses, "total": losses["total"] + (images @ images).mean()}
+
+    monkeypatch.setattr(Stage1Task, "generator_losses", heavier)
+    flops._stage1_cached.cache_clear()
+    try:
+        after = stage1_flops(cfg)
+    finally:
+        flops._stage1_cached.cache_clear()
+    extra = 3 * 2 * 32**3  # the image needs no gradient: no backward work
+    assert after["train_without_gan"] - before["train_without_gan"] == extra
+    assert after["train"] - before["train"] == extra and after["encoder_forward"] == before["encoder_forward"]

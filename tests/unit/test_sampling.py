@@ -1,8 +1,9 @@
-"""Sampling controls: temperature, top-k, top-p per depth; argument checks; rejection selection."""
+"""Sampling controls: temperature, top-k, top-p per depth; argument checks; rejection selection; the
+SampleRequest that rqscale.sample and rqscale.evaluate share."""
 import pytest
 import torch
 
-from rqscale.sampling import SamplingParams, filter_logits
+from rqscale.sampling import SampleRequest, SamplingParams, filter_logits
 from rqscale.sampling.rejection import candidates_needed, select
 
 
@@ -68,3 +69,39 @@ def test_rejection_keeps_most_confident_candidates(tmp_path):
     assert candidates_needed(10, 0.25) == 40
     with pytest.raises(FileNotFoundError, match="nope.pt"):
         load_classifier(str(tmp_path / "nope.pt"))
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    (dict(num_samples=0), "--num-samples must be >= 1"), (dict(params=SamplingParams(top_p=(0.0,))), r"--top-p must be in \(0, 1\], got \[0.0\]"),
+    (dict(params=SamplingParams(top_k=(64, -1))), "--top-k must be >= 0"), (dict(params=SamplingParams(temperature=0)), "--temperature"),
+    (dict(params=SamplingParams(cfg_scale=-1.0)), "--cfg-scale"), (dict(batch_size=0), "--batch-size"),
+    (dict(acceptance_rate=0.5), "needs --classifier"), (dict(acceptance_rate=1.5, classifier="c.pt"), "--acceptance-rate"),
+    (dict(class_labels=[1], captions=["a seven"]), "not both"),
+])
+def test_sample_request_errors_name_the_flag(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        SampleRequest(**{"checkpoint": "model.pt", "num_samples": 2, **kwargs})
+
+
+def test_sample_request_is_frozen_and_its_params_resolve_to_copies():
+    request = SampleRequest("model.pt", 2, class_labels=[3, 7], params=SamplingParams((0.9,), (64, 32, 16, 8), (1.0,)))
+    assert request.class_labels == (3, 7)
+    with pytest.raises(AttributeError):
+        request.seed = 1
+    resolved = request.params.resolve(4, 128)  # one value in a sequence applies to every depth
+    assert resolved.per_depth == [(0.9, 64, 1.0), (0.9, 32, 1.0), (0.9, 16, 1.0), (0.9, 8, 1.0)]
+    assert request.params.per_depth == [] and request.settings()["top_k"] == (64, 32, 16, 8)
+
+
+def test_planned_conditions_cycle_and_check_against_the_model():
+    from rqscale.config import load
+    from rqscale.sampling.generate import planned_conditions
+    from tests.conftest import DEBUG_STAGE2
+
+    cfg = load(DEBUG_STAGE2, check_files=False)
+    assert cfg.stage2.model.condition == "class"
+    assert planned_conditions(SampleRequest("m.pt", 5, class_labels=[1, 2]), cfg, 5) == ((1, 2, 1, 2, 1), None)
+    with pytest.raises(ValueError, match=r"unknown class label\(s\) \[12\]"):
+        planned_conditions(SampleRequest("m.pt", 2, class_labels=[1, 12]), cfg, 2)
+    with pytest.raises(ValueError, match="pass --class-label"):
+        planned_conditions(SampleRequest("m.pt", 2), cfg, 2)

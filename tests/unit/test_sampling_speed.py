@@ -63,6 +63,7 @@ def test_text_model_is_refused_clearly():
         sampling_speed(tiny("text"), [2], CPU, torch.float32)
 
 
+@pytest.mark.slow
 def test_bench_cli_prints_per_batch_speed_and_scaling():
     cmd = [sys.executable, "-m", "rqscale.bench", "sample", "--config", "configs/debug/stage2.yaml",
            "--batches", "2", "4", "--batch", "2"]

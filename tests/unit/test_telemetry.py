@@ -1,5 +1,6 @@
 """Telemetry writes what it claims (jsonl, TensorBoard scalars and images, progress lines), computes
-throughput and MFU right, stays silent on non-zero ranks; NonFiniteGuard skips, resets and aborts."""
+throughput and MFU right, stays silent on non-zero ranks; the MFU denominator resolves per worker
+(explicit > GPU datasheet by name > measured CPU peak); NonFiniteGuard skips, resets and aborts."""
 import io
 import json
 import math
@@ -12,6 +13,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rqscale.train.telemetry import NonFiniteGuard, NonFiniteLossError, Telemetry, memory_gb
+from rqscale.utils import peak as peaks
 
 RATES = dict(world_size=4, flops_per_sample=2.0e12, tokens_per_sample=256, peak_tflops=312.0)
 
@@ -104,7 +106,7 @@ def test_progress_line_every_log_every_steps(tmp_path):
     assert [line.split()[1] for line in lines] == ["0", "2", "4", "5"]
     first = lines[0]
     assert "loss 1.2500" in first and "depth1 0.5000" in first and "lr" not in first
-    assert "images/s 32.0" in first and f"MFU {100 * 16 / 312:.2f}%" in first and first.endswith(" GB")
+    assert "images/s 32.0" in first and f"MFU {100 * 16 / 312:.1f}%" in first and first.endswith(" GB")
 
 
 def test_image_is_readable_back_from_events(tmp_path):
@@ -130,6 +132,66 @@ def test_disabled_telemetry_writes_nothing(tmp_path):
     tel.close()
     assert out == {"step": 0, "loss": 1.0}
     assert lines == [] and not (tmp_path / "rank1").exists()
+
+
+# ---- the MFU denominator ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H200", 989), ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA A100-SXM4-80GB", 312),
+    ("NVIDIA A100 80GB PCIe", 312), ("NVIDIA A10G", 125), ("NVIDIA L4", 121), ("Tesla V100-SXM2-32GB", 125),
+])
+def test_gpu_peak_by_device_name(name, tflops):
+    found = peaks.gpu_peak(name)
+    assert found.tflops == tflops and "datasheet" in found.source and name in found.source
+
+
+def test_unknown_gpu_falls_back_to_a100_and_says_so():
+    found = peaks.gpu_peak("NVIDIA L40S")  # not the L4: the name only starts like it
+    assert found.tflops == 312 and "unknown GPU 'NVIDIA L40S'" in found.source and "train.peak_tflops" in found.source
+
+
+def test_cuda_device_is_looked_up_by_its_name(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert peaks.resolve_peak(torch.device("cuda", 0)).tflops == 989
+
+
+def test_explicit_peak_wins_on_every_device(monkeypatch):
+    monkeypatch.setattr(peaks, "cpu_peak", lambda precision="bf16": pytest.fail("measured despite train.peak_tflops"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: pytest.fail("looked up despite train.peak_tflops"))
+    for device in (torch.device("cpu"), torch.device("cuda", 0)):
+        assert peaks.resolve_peak(device, 42.5) == peaks.Peak(42.5, "train.peak_tflops")
+
+
+def test_cpu_peak_is_measured_once_and_plausible():
+    rng = torch.get_rng_state()
+    first = peaks.resolve_peak(torch.device("cpu"), None, "bf16")
+    assert torch.equal(torch.get_rng_state(), rng)  # training's dropout / stochastic codes are unaffected
+    # Between 1 GFLOP/s (any CPU of the last decade, even emulating bf16) and 1 PFLOP/s (no CPU comes close).
+    assert 1e-3 < first.tflops < 1e3
+    assert first.source.startswith(f"measured CPU bf16 matmul peak, {torch.get_num_threads()} thread")
+    assert peaks.resolve_peak(torch.device("cpu"), None, "bf16") is first  # cached: once per worker
+
+
+def test_planner_gpus_use_the_same_datasheet_table():
+    from rqscale.planning.hardware import GPUS
+
+    assert GPUS["a100-80gb"].peak_flops == peaks.gpu_peak("NVIDIA A100-SXM4-80GB").tflops * 1e12
+    assert GPUS["h200-141gb"].peak_flops == peaks.gpu_peak("NVIDIA H200").tflops * 1e12
+
+
+def test_peak_defaults_to_resolving_and_is_named_once_in_the_log(tmp_path):
+    from rqscale.config import ConfigError, load
+    from tests.conftest import DEBUG_STAGE2
+
+    assert load(DEBUG_STAGE2, ["stage2.rqvae_checkpoint=null"], check_files=False).train.peak_tflops is None
+    with pytest.raises(ConfigError, match="train.peak_tflops"):
+        load(DEBUG_STAGE2, ["stage2.rqvae_checkpoint=null", "train.peak_tflops=0"], check_files=False)
+    lines = []
+    with telemetry(tmp_path, lines, peak_source="measured CPU bf16 matmul peak, 2 threads") as tel:
+        tel.step(0, {"loss": 1.0}, samples=64, seconds=2.0)
+        tel.step(2, {"loss": 1.0}, samples=64, seconds=2.0)
+        assert tel.peak == {"peak_tflops": 312.0, "peak_source": "measured CPU bf16 matmul peak, 2 threads"}
+    assert lines[0] == "MFU against measured CPU bf16 matmul peak, 2 threads: 312 TFLOP/s per worker"
+    assert sum("MFU against" in line for line in lines) == 1
 
 
 # ---- NonFiniteGuard -------------------------------------------------------------------------------

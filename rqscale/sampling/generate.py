@@ -1,0 +1,114 @@
+"""Images from a SampleRequest: its conditions checked against the model and cycled over the samples,
+codes sampled in batches and decoded by the RQ-VAE, then (with a classifier) rejection sampling.
+
+Shared by `python -m rqscale.sample`, which runs sample() in one process, and evaluation's chunks
+(rqscale.eval.chunks), which plan the conditions of a whole run once and sample each chunk with
+sample_images() on whichever worker runs it.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from rqscale.sampling.checkpoint import load_consolidated
+from rqscale.sampling.filters import SamplingParams
+from rqscale.sampling.rejection import candidates_needed, load_classifier, select
+from rqscale.sampling.request import SampleRequest
+from rqscale.sampling.sampler import sample_codes
+
+
+def cycled(values: Sequence, count: int) -> tuple:
+    return tuple(values[i % len(values)] for i in range(count))
+
+
+def planned_conditions(request: SampleRequest, cfg, count: int) -> tuple[Optional[tuple], Optional[tuple]]:
+    """(class labels, captions) of `count` samples, the request's cycled; checked against the model,
+    so a bad label or caption is an error here and not in a worker. None where the model takes none."""
+    kind, m = cfg.stage2.model.condition, cfg.stage2.model
+    if kind == "class":
+        if not request.class_labels:
+            raise ValueError("this model is class-conditional: pass --class-label L [L ...]")
+        bad = [c for c in request.class_labels if not 0 <= c < m.num_classes]
+        if bad:
+            raise ValueError(f"unknown class label(s) {bad}: this model has classes 0..{m.num_classes - 1}")
+        return cycled(request.class_labels, count), None
+    if kind == "text":
+        if not request.captions:
+            raise ValueError("this model is text-conditional: pass --text \"...\"")
+        tokenizer = caption_tokenizer(cfg)
+        for caption in request.captions:
+            tokenizer.encode(caption)  # a caption longer than the model's text length is an error now
+        return None, cycled(request.captions, count)
+    if request.class_labels or request.captions:
+        raise ValueError("this model is unconditional: drop --class-label / --text")
+    return None, None
+
+
+def caption_tokenizer(cfg):
+    """The tokenizer the checkpoint's config names, loaded once per process."""
+    if not cfg.stage2.tokenizer:
+        raise ValueError("the checkpoint's config names no tokenizer (stage2.tokenizer)")
+    return _tokenizer(cfg.stage2.tokenizer, cfg.stage2.model.text_length)
+
+
+@functools.lru_cache(maxsize=1)
+def _tokenizer(path: str, length: int):
+    from rqscale.data.text import CaptionTokenizer
+
+    return CaptionTokenizer(path, length)
+
+
+def condition_tensor(cfg, labels: Optional[Sequence[int]], captions: Optional[Sequence[str]], device) -> Optional[torch.Tensor]:
+    """The model's conditioning input for samples with these (planned) class labels or captions."""
+    kind = cfg.stage2.model.condition
+    if kind == "class":
+        return torch.tensor(labels, dtype=torch.long, device=device)
+    if kind == "text":
+        tokenizer = caption_tokenizer(cfg)
+        tokens = {caption: tokenizer.encode(caption) for caption in set(captions)}  # one caption is often all of them
+        return torch.stack([tokens[caption] for caption in captions]).to(device)
+    return None
+
+
+@torch.no_grad()
+def sample_images(cfg, rqvae, model, params: SamplingParams, cond: Optional[torch.Tensor], count: int, batch_size: int,
+                  gen: torch.Generator) -> torch.Tensor:
+    """`count` decoded images (float in [-1, 1], N x 3 x H x W, on the CPU), `batch_size` at a time."""
+    images = []
+    for start in range(0, count, batch_size):
+        n = min(batch_size, count - start)
+        c = None if cond is None else cond[start : start + n]
+        codes = sample_codes(model, n, c, params, gen)
+        images.append(rqvae.decode_codes(codes.view(n, *cfg.rqvae.code_shape)).clamp(-1, 1).cpu())
+    return torch.cat(images)
+
+
+def generate(request: SampleRequest, cfg, rqvae, model, count: int) -> tuple[torch.Tensor, np.ndarray]:
+    """(images, class labels (-1 for unconditional or text samples)) of `count` samples."""
+    params = request.params.resolve(model.depth_codes, model.num_codes)
+    labels, captions = planned_conditions(request, cfg, count)
+    cond = condition_tensor(cfg, labels, captions, request.device)
+    gen = torch.Generator(device=request.device).manual_seed(request.seed)
+    images = sample_images(cfg, rqvae, model, params, cond, count, request.batch_size, gen)
+    return images, (np.asarray(labels, dtype=np.int64) if labels else np.full(count, -1))
+
+
+def reject(request: SampleRequest, images: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    """The candidates the classifier keeps: per class, as many as the first num_samples labels hold."""
+    wanted = {int(l): int(c) for l, c in zip(*np.unique(labels[: request.num_samples], return_counts=True))}
+    keep = select(images, torch.from_numpy(labels), load_classifier(request.classifier), wanted)
+    return images[keep], labels[keep.numpy()]
+
+
+def sample(request: SampleRequest) -> tuple[torch.Tensor, np.ndarray]:
+    """(images, labels) of `request.num_samples` samples: its checkpoint loaded, checked, sampled."""
+    cfg, rqvae, model = load_consolidated(request.checkpoint, request.device)
+    request.check_model(cfg)
+    count = candidates_needed(request.num_samples, request.acceptance_rate) if request.classifier else request.num_samples
+    images, labels = generate(request, cfg, rqvae, model, count)
+    if request.classifier:
+        images, labels = reject(request, images, labels)
+    return images, labels

@@ -1,0 +1,78 @@
+"""What to sample from a consolidated stage-2 checkpoint: the one input that `python -m rqscale.sample`
+and the generating modes of `python -m rqscale.evaluate` share, built by each from its own flags.
+
+A SampleRequest is checked when it is made, before any checkpoint is read. Its errors name the
+command-line flag of the field (field `top_p` is `--top-p`, `class_labels` is `--class-label`,
+`captions` is rqscale.sample's `--text`), since both CLIs print them as they are.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from rqscale.sampling.filters import SamplingParams
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    checkpoint: str  # the consolidated rqtransformer.pt a stage-2 run (or rqscale.export) writes
+    num_samples: int
+    class_labels: tuple[int, ...] = ()  # class models: cycled over the samples
+    captions: tuple[str, ...] = ()  # text models: cycled over the samples
+    params: SamplingParams = field(default_factory=SamplingParams)  # per-depth temperature, top-k, top-p; CFG scale
+    batch_size: int = 64  # samples generated at once
+    seed: int = 0
+    device: str = "cpu"
+    classifier: Optional[str] = None  # rejection sampling (class models): TorchScript or .pt2 classifier
+    acceptance_rate: float = 1.0  # with `classifier`: the fraction of candidates kept
+
+    def __post_init__(self):
+        object.__setattr__(self, "class_labels", tuple(self.class_labels))  # frozen: a caller's list cannot change it
+        object.__setattr__(self, "captions", tuple(self.captions))
+        if self.num_samples < 1:
+            raise ValueError(f"--num-samples must be >= 1, got {self.num_samples}")
+        check_params(self.params)
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.class_labels and self.captions:
+            raise ValueError("condition on class labels (--class-label) or on captions (--text), not both")
+        self._check_rejection()
+
+    def _check_rejection(self) -> None:
+        if not 0.0 < self.acceptance_rate <= 1.0:
+            raise ValueError(f"--acceptance-rate must be in (0, 1], got {self.acceptance_rate}")
+        if self.acceptance_rate < 1.0 and not self.classifier:
+            raise ValueError("--acceptance-rate below 1 needs --classifier PATH")
+
+    def check_model(self, cfg) -> None:
+        """Errors that depend on what the checkpoint's model (its config `cfg`) can do."""
+        m = cfg.stage2.model
+        if self.classifier and m.condition != "class":
+            raise ValueError("--classifier (rejection sampling) needs a class-conditional model: it keeps the samples "
+                             "the classifier finds most likely to be their class")
+        if self.params.cfg_scale != 1.0 and m.cond_dropout == 0:
+            raise ValueError("--cfg-scale needs a model trained with stage2.model.cond_dropout > 0: this one never "
+                             "learned its null condition")
+
+    def settings(self) -> dict:
+        """The sampling settings as given (one value or one per depth) and the seed: what a report records."""
+        p = self.params
+        return {"temperature": p.temperature, "top_k": p.top_k, "top_p": p.top_p, "cfg_scale": p.cfg_scale, "seed": self.seed}
+
+
+def _values(value) -> list:
+    """A per-depth setting as a list, whether given as one value or as one per depth."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def check_params(params: SamplingParams) -> None:
+    """The checks that need no model (the depth count and codebook size are checked by resolve())."""
+    temperature, top_k, top_p = _values(params.temperature), _values(params.top_k), _values(params.top_p)
+    if any(p is not None and not 0.0 < p <= 1.0 for p in top_p):
+        raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+    if any(k is not None and k < 0 for k in top_k):
+        raise ValueError(f"--top-k must be >= 0, got {top_k}")
+    if any(not t > 0 for t in temperature):
+        raise ValueError(f"--temperature must be > 0, got {temperature}")
+    if params.cfg_scale < 0:
+        raise ValueError(f"--cfg-scale must be >= 0 (1 = no guidance), got {params.cfg_scale}")
