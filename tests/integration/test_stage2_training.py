@@ -74,7 +74,7 @@ def test_sample_cli_writes_grid_pngs_and_npz(trained_stage2, tmp_path):
     (["--num-samples", "2", "--class-label", "12"], "unknown class label(s) [12]"),
     (["--num-samples", "2", "--text", "a seven"], "class-conditional"),
     (["--num-samples", "2", "--class-label", "1", "--top-k", "5", "5"], "D=4"),
-    (["--num-samples", "2", "--class-label", "1", "--cfg-scale", "3"], "cond_dropout > 0"),
+    (["--num-samples", "2", "--class-label", "1", "--cfg-scale", "-1"], "--cfg-scale must be >= 0"),
     (["--num-samples", "2", "--class-label", "1", "--batch-size", "0"], "--batch-size"),
 ])
 def test_sample_cli_rejects_bad_arguments(trained_stage2, tmp_path, args, words):

@@ -105,3 +105,14 @@ def test_planned_conditions_cycle_and_check_against_the_model():
         planned_conditions(SampleRequest("m.pt", 2, class_labels=[1, 12]), cfg, 2)
     with pytest.raises(ValueError, match="pass --class-label"):
         planned_conditions(SampleRequest("m.pt", 2), cfg, 2)
+
+
+def test_guidance_needs_a_model_that_learned_its_null_condition():
+    from rqscale.config import load
+    from rqscale.sampling import SampleRequest
+    from tests.conftest import DEBUG_STAGE2, UNCONDITIONAL
+
+    cfg = load(DEBUG_STAGE2, list(UNCONDITIONAL), check_files=False)  # cond_dropout 0: no null class learned
+    request = SampleRequest("rqtransformer.pt", 2, class_labels=(1,), params=SamplingParams(cfg_scale=3.0))
+    with pytest.raises(ValueError, match="cond_dropout > 0"):
+        request.check_model(cfg)
