@@ -76,12 +76,14 @@ class MasterWeights:
 
 
 def bench_config(config: str, workdir: str, overrides: Sequence[str] = ()) -> Config:
-    """The config with `stage2.rqvae_checkpoint` set to a random RQ-VAE written under `workdir`."""
+    """The config with `stage2.rqvae_checkpoint` set to a random RQ-VAE written under `workdir`. The benchmark
+    compares bf16 steps (the plain loop runs bf16 weights), so engine.precision=auto is taken as bf16 here."""
     base = load(config, list(overrides), check_files=False)
     torch.manual_seed(0)
     path = os.path.join(workdir, "rqvae.pt")
     torch.save(RQVAE(base.rqvae).state_dict(), path)
-    return load(config, [*overrides, f"stage2.rqvae_checkpoint={path}"])
+    pinned = ["engine.precision=bf16"] if base.engine.precision == "auto" else []
+    return load(config, [*overrides, *pinned, f"stage2.rqvae_checkpoint={path}"])
 
 
 def make_batches(cfg: Config, count: int = 3, seed: int = 0) -> list:

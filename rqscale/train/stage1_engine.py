@@ -16,6 +16,7 @@ import torch
 from rqscale.config import Config
 from rqscale.engine import EngineModule, build_engine, deepspeed_config, fp32_state_dict_from_checkpoint
 from rqscale.engine import load_engine_checkpoint, save_engine_checkpoint
+from rqscale.engine.precision import with_resolved_precision
 from rqscale.models import RQVAE
 from rqscale.quantizer import code_histogram
 from rqscale.tasks import Stage1Task
@@ -40,6 +41,7 @@ class Stage1Engines:
     tags = (GENERATOR, DISCRIMINATOR)
 
     def __init__(self, cfg: Config, world_size: int, device: torch.device, universal: bool = False):
+        cfg = with_resolved_precision(cfg, device)  # engine.precision=auto: bf16 or fp32 for this device
         self.cfg, self.device = cfg, device
         self.collectives = DeviceCollectives(device)
         self.task = Stage1Task(cfg)

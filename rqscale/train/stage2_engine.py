@@ -10,6 +10,7 @@ import torch
 from rqscale.config import Config
 from rqscale.engine import EngineModule, build_engine, consolidated_state_dict, deepspeed_config, fp32_state_dict_from_checkpoint
 from rqscale.engine import load_engine_checkpoint, save_engine_checkpoint
+from rqscale.engine.precision import with_resolved_precision
 from rqscale.models import RQTransformer
 from rqscale.sampling.checkpoint import save_consolidated
 from rqscale.tasks import Stage2Task
@@ -25,6 +26,7 @@ class Stage2Engines:
     tags = (ENGINE_TAG,)
 
     def __init__(self, cfg: Config, world_size: int, device: torch.device, universal: bool = False):
+        cfg = with_resolved_precision(cfg, device)  # engine.precision=auto: bf16 or fp32 for this device
         self.cfg = cfg
         self.collectives = DeviceCollectives(device)
         self.task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
