@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     t.add_argument("--no-autocast", action="store_true", help="skip the torch.autocast reference timing")
     t.add_argument("--recovery-s", type=float, default=None, help="a recovery time measured elsewhere, to print")
     t.add_argument("--recovery", action="store_true", help="also measure recovery from a killed Ray worker (~2 min)")
+    t.add_argument("--official", metavar="DIR", default=None,
+                   help="also time the authors' RQ-Transformer from DIR (its rqvae/ folder) in the same run")
     t.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = parser.parse_args(argv)
     if args.name == "quantizer":
@@ -46,7 +48,12 @@ def main(argv=None) -> int:
     elif args.name == "train":
         from rqscale.bench import train
 
-        result = train.run(args.config, args.warmup, args.repeats, args.overrides, args.allocators.split(","), not args.no_autocast)
+        try:
+            result = train.run(args.config, args.warmup, args.repeats, args.overrides, args.allocators.split(","),
+                               not args.no_autocast, args.official)
+        except train.baseline.BaselineError as e:
+            print(f"python -m rqscale.bench train: {e}", file=sys.stderr)
+            return 2
         recovery_s = args.recovery_s
         if args.recovery:
             from rqscale.bench import recovery

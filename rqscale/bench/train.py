@@ -26,6 +26,10 @@ weights (only shapes matter for speed): its state dict goes to a temporary file 
 Allocator. Both loops are timed twice: with glibc malloc as the process starts, and after
 `rqscale.utils.memory.retain_freed_memory()` (no per-tensor mmap of blocks above 32 MB, freed memory
 kept for reuse). The first is what a training process gets unless it makes that call.
+
+Baseline. With `official` (`--official DIR`), the authors' RQ-Transformer at the same size is timed in the
+same process, interleaved with rqscale's engine step and plain loop, at the config's dropout and with
+dropout off (rqscale/bench/official.py).
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from rqscale.bench import official as baseline
 from rqscale.bench.common import machine, matmul_flops
 from rqscale.config import Config, load
 from rqscale.models import RQVAE
@@ -76,14 +81,15 @@ class MasterWeights:
 
 
 def bench_config(config: str, workdir: str, overrides: Sequence[str] = ()) -> Config:
-    """The config with `stage2.rqvae_checkpoint` set to a random RQ-VAE written under `workdir`. The benchmark
-    compares bf16 steps (the plain loop runs bf16 weights), so engine.precision=auto is taken as bf16 here."""
+    """The config with `stage2.rqvae_checkpoint` set to a random RQ-VAE written under `workdir`, and
+    engine.precision=auto taken as bf16: this benchmark times A.3's bf16 step (rqscale/engine/precision.py
+    would pick fp32 on a CPU without bf16 arithmetic)."""
     base = load(config, list(overrides), check_files=False)
     torch.manual_seed(0)
     path = os.path.join(workdir, "rqvae.pt")
     torch.save(RQVAE(base.rqvae).state_dict(), path)
-    pinned = ["engine.precision=bf16"] if base.engine.precision == "auto" else []
-    return load(config, [*overrides, *pinned, f"stage2.rqvae_checkpoint={path}"])
+    precision = ["engine.precision=bf16"] if base.engine.precision == "auto" else []
+    return load(config, [*overrides, *precision, f"stage2.rqvae_checkpoint={path}"])
 
 
 def make_batches(cfg: Config, count: int = 3, seed: int = 0) -> list:
@@ -205,24 +211,29 @@ def _timed_settings(steps: dict, batches: list, allocators: Sequence[str], timin
 
 
 def _peaks(dev: torch.device) -> tuple:
-    """(bf16, fp32) matmul FLOP/s: the best of a square product and the model's largest Linear shape."""
-    bf16 = max(matmul_flops(2048, 2048, 2048, torch.bfloat16, dev), matmul_flops(8192, 512, 2048, torch.bfloat16, dev))
-    return bf16, matmul_flops(2048, 2048, 2048, torch.float32, dev)
+    """(bf16, fp32) matmul FLOP/s: each the best of a square product and the model's largest Linear shape."""
+    best = lambda dtype: max(matmul_flops(2048, 2048, 2048, dtype, dev), matmul_flops(8192, 512, 2048, dtype, dev))  # noqa: E731
+    return best(torch.bfloat16), best(torch.float32)
 
 
 def run(config: str = "configs/debug/stage2_bench.yaml", warmup: int = 2, repeats: int = 5,
-        overrides: Sequence[str] = (), allocators: Sequence[str] = ALLOCATORS, autocast: bool = True) -> dict:
-    """Time the plain loop and the engine under each allocator setting; MFU against the bf16 matmul
-    peak measured in this run."""
+        overrides: Sequence[str] = (), allocators: Sequence[str] = ALLOCATORS, autocast: bool = True,
+        official: Optional[str] = None) -> dict:
+    """Time the plain loop and the engine under each allocator setting; MFU against the matmul peaks
+    measured in this run. `official`: a directory with the authors' code, timed against both loops."""
     unknown = set(allocators) - set(ALLOCATORS)
     if unknown:
         raise ValueError(f"unknown allocator settings {sorted(unknown)}; choose from {ALLOCATORS}")
+    if official is not None:
+        baseline.import_official(official)  # a bad directory fails now, before minutes of timing
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="rqscale-bench-train-") as workdir:
         cfg = bench_config(config, workdir, overrides)
+        if official is not None:
+            baseline.official_config(cfg)  # a size the authors' model cannot take fails now too
         batches, flops = make_batches(cfg), float(stage2_flops(cfg)["train"])
         peak16, peak32 = _peaks(torch.device("cpu"))
-        plain, plain_step = plain_trainer(cfg, "bf16")
+        plain, plain_step = plain_trainer(cfg, cfg.engine.precision)  # the engine's precision
         engines, engine_step = engine_trainer(cfg)
         steps = {"plain": plain_step, "engine": engine_step}
         losses = {name: first_loss(step, batches[0]) for name, step in steps.items()}
@@ -232,6 +243,10 @@ def run(config: str = "configs/debug/stage2_bench.yaml", warmup: int = 2, repeat
             step = plain_trainer(cfg, "autocast")[1]
             seconds = statistics.median(time_steps(step, batches, 1, max(1, repeats // 2 + 1)))
             results.update(autocast_images_per_s=cfg.train.micro_batch / seconds, autocast_allocator=current)
+        if official is not None:
+            results["official"] = baseline.compare(cfg, steps, [plain.task.model, engines.task.model], official,
+                                                   batches, warmup, repeats)
+            results["official"]["allocator"] = current
     m, r = cfg.stage2.model, cfg.rqvae
     return {
         "benchmark": "train.stage2", "machine": machine(), "config": config, "overrides": list(overrides),
@@ -253,7 +268,7 @@ def report(r: dict, recovery_s: Optional[float] = None) -> str:
         f"  machine: {r['machine']}",
         f"  matmul peak (same run): bf16 {r['matmul_bf16_gflops']:.0f} GFLOP/s, fp32 {r['matmul_fp32_gflops']:.0f} GFLOP/s;"
         f"  model FLOPs {r['train_gflop_per_sample']:.2f} GFLOP/sample (fwd+bwd = 3x fwd)",
-        f"  plain = Stage2Trainer, bf16 weights + fp32 master weights in AdamW;  engine = DeepSpeed ZeRO-{r['engine']['zero_stage']}"
+        f"  plain = Stage2Trainer in the engine's precision (bf16: bf16 weights + fp32 master weights in AdamW);  engine = DeepSpeed ZeRO-{r['engine']['zero_stage']}"
         f" {r['engine']['precision']}, {r['engine']['world_size']} rank; same config and batches; median of {r['repeats']} steps"
         f" after {r['warmup']} warm-up",
         f"  same math: first-step loss from one RNG state, plain {r['first_step_loss']['plain']:.5f}"
@@ -283,6 +298,10 @@ def report(r: dict, recovery_s: Optional[float] = None) -> str:
     if "autocast_images_per_s" in r:
         lines.append(f"  for reference, plain under torch.autocast bf16 (fp32 weights): {r['autocast_images_per_s']:.2f} img/s"
                      f" [{r['autocast_allocator']}]")
+    if "official" in r:
+        labels = {"engine": "rqscale engine", "plain": "plain", "official": "authors"}
+        lines += baseline.report_lines(r["official"], labels)
+        lines.append(f"    (ratios: rqscale / authors, img/s; [{r['official']['allocator']}] allocator)")
     lines.append(f"  recovery after a worker failure: {recovery_s:.1f} s (rqscale.bench.recovery)" if recovery_s is not None
                  else "  recovery after a worker failure: not measured here (rqscale.bench.recovery; pass recovery_s)")
     lines.append(json.dumps(r if recovery_s is None else {**r, "recovery_s": recovery_s}))

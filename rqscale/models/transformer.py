@@ -1,9 +1,12 @@
 """Pre-LN causal transformer blocks with an optional KV cache (used by both RQ-Transformer stacks).
 
-Attention goes through `scaled_dot_product_attention`, which dispatches to flash / memory-efficient
-kernels on GPU and to a fused CPU kernel otherwise. Training on CPU with dropout is the exception: SDPA's
-fused CPU kernel takes no dropout, so it would fall back to its math path anyway; `_math_attention` is
-that path with the faster dropout mask below (see `dropout`).
+Attention goes through `scaled_dot_product_attention` on GPU, which dispatches to flash /
+memory-efficient kernels. On CPU it is `_math_attention`: SDPA's fused CPU kernel takes no dropout, and
+at this model's lengths it was the slower one even without (2 AMD EPYC cores with AVX512-BF16, bf16,
+Dec 2026; forward + backward: 41 vs 10 ms for the spatial attention of the stage-2 bench model, 32 x 8
+heads x 64 positions; 112 vs 36 ms for its depth attention, 2048 x 8 x 4; forward alone without grad,
+5.4 vs 3.9 and 31 vs 16 ms). `CPU_ATTENTION = "sdpa"` sends CPU through the GPU's branch (tests
+check that branch, and the GPU smoke's kernel detector, on CPU).
 """
 from __future__ import annotations
 
@@ -13,6 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+
+CPU_ATTENTION = "math"  # "math": _math_attention on CPU; "sdpa": scaled_dot_product_attention, as on GPU
 
 
 class KVCache:
@@ -43,24 +49,41 @@ def _single_query_attention(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor)
     return torch.matmul(scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype), v)
 
 
+# The CPU dropout mask compares 16-bit uniform integers with a threshold: p is rounded to a multiple of
+# 2^-16 (0.1 -> 0.100006) and the kept elements are scaled by the exact 1 / P(keep), so the layer stays
+# unbiased. Four masks' worth of integers come from one full-range int64 draw.
+_MASK_LEVELS = 1 << 16
+
+
+def keep_mask(shape: torch.Size, p: float, dtype: torch.dtype, device: torch.device) -> tuple:
+    """(keep mask of `shape`: 1 with probability 1 - p rounded to 2^-16, else 0, in `dtype`; 1 / P(keep)),
+    from the global RNG. The mask is written in the activations' dtype by the comparison itself: a bool
+    mask would be converted by every product with it (7 ms a (2048, 4, 512) product on 2 cores, 0.5 ms
+    for the bf16 one)."""
+    count = shape.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(1 << 63), None)  # all 64 bits
+    levels = words.view(torch.int16)[:count].view(shape)  # uniform on [-2^15, 2^15)
+    dropped = min(_MASK_LEVELS - 1, round(p * _MASK_LEVELS))
+    keep = torch.ge(levels, dropped - (_MASK_LEVELS >> 1), out=torch.empty(shape, dtype=dtype, device=device))
+    return keep, _MASK_LEVELS / (_MASK_LEVELS - dropped)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """F.dropout(x, p, training), with the mask drawn faster on CPU.
 
-    The arithmetic of F.dropout on CPU: a keep mask ~ Bernoulli(1 - p) in x's dtype, divided by 1 - p,
-    times x. Only the draw differs: the mask is `U[0, 1) < 1 - p` with one fp32 uniform an element from
-    torch.rand, because the bernoulli_ kernel took 4.5 ns an element on 2 CPU cores against 2.2 ns for
-    rand, and the stage-2 bench model drops ~40M elements a step (a whole dropout: 20 -> 12 ms for
-    (2048, 4, 512) bf16). Same distribution, drawn from the same global generator, so seeding, activation
-    checkpointing and checkpointed RNG state behave as before; the individual masks differ from
-    F.dropout's. Off CPU, F.dropout's fused kernel is used as is.
+    The arithmetic of F.dropout: keep each element with probability 1 - p and scale the kept ones by
+    1 / (1 - p). Only the draw differs on CPU (`keep_mask`): 16-bit integers from full 64-bit draws
+    instead of one fp32 uniform an element. On 2 CPU cores torch.rand took 28 ms for a (2048, 4, 512)
+    mask (bernoulli_, F.dropout's own draw, 40 ms) and the int64 draw 6-9 ms; the stage-2 bench model
+    drops ~43M elements a step. Drawn from the same global generator, so seeding, activation checkpointing and
+    checkpointed RNG state behave as before. Off CPU, F.dropout's fused kernel is used as is.
     """
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, True)
-    keep = 1.0 - p
-    noise = torch.rand(x.shape, device=x.device).lt_(keep).to(x.dtype).div_(keep)
-    return x * noise
+    keep, scale = keep_mask(x.shape, p, x.dtype, x.device)
+    return (x * keep).mul_(scale)  # the scale in fp32 arithmetic: a bf16 mask value 1/(1-p) would bias it
 
 
 class Dropout(nn.Dropout):
@@ -71,16 +94,19 @@ class Dropout(nn.Dropout):
 
 
 def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """Causal attention with dropout on the attention weights, as SDPA's math path computes it on CPU
-    (what scaled_dot_product_attention runs there whenever dropout_p > 0): q, k, v upcast to fp32,
-    softmax(q k^T / sqrt(head_dim) + causal mask), dropout, times v, back to the input dtype.
-    The fp32 upcast is SDPA's own choice for bf16 inputs (scores and softmax sums keep 24-bit precision);
-    here it is kept so training numerics do not change. Only the dropout mask's draw is faster."""
+    """Causal attention with dropout on the attention weights, for CPU training (SDPA's fused CPU kernel
+    takes no dropout): softmax(q k^T / sqrt(head_dim) + causal mask), dropout, times v.
+
+    The two products run in the inputs' dtype (bf16 under A.3's mixed precision, as torch.autocast runs
+    them in the authors' code) and the scores' scale, mask and softmax in fp32, rounded once to the
+    input dtype for the dropout and the product with v. SDPA's own math path upcasts q, k and v to
+    fp32 instead; on 2 CPU cores, forward + backward of the bench model's depth attention (2048 x 8
+    heads x 4 positions) took 35 ms this way against 54 ms upcast."""
     length = q.shape[-2]
-    scores = torch.matmul(q.float(), k.float().transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
+    scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(q.shape[-1] ** -0.5)
     future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)
-    weights = scores.masked_fill_(future, float("-inf")).softmax(dim=-1)
-    return torch.matmul(dropout(weights, dropout_p), v.float()).to(q.dtype)
+    weights = scores.masked_fill_(future, float("-inf")).softmax(dim=-1).to(q.dtype)
+    return torch.matmul(dropout(weights, dropout_p), v)
 
 
 class CausalSelfAttention(nn.Module):
@@ -110,8 +136,8 @@ class CausalSelfAttention(nn.Module):
                     raise ValueError("a non-empty KV cache takes one new position at a time")
                 return _single_query_attention(q, cache.k_t[layer, :, :, :, : start + 1], cache.v[layer, :, :, : start + 1])
         p = self.attn_dropout if self.training else 0.0
-        if p > 0.0 and q.device.type == "cpu":
-            return _math_attention(q, k, v, p)  # SDPA's fused CPU kernel takes no dropout (see above)
+        if q.device.type == "cpu" and CPU_ATTENTION == "math":
+            return _math_attention(q, k, v, p)  # faster than SDPA's CPU kernel, and takes dropout (see above)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # fused / flash on GPU
 
 

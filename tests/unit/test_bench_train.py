@@ -6,12 +6,17 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from rqscale.bench import official as baseline
 from rqscale.bench.train import MasterWeights, report
+from rqscale.config import load
+from rqscale.models import RQTransformer
 from tests.conftest import DEBUG_STAGE2, REPO
 
 
+@pytest.mark.slow
 def test_train_benchmark_reports_rates_overhead_and_mfu():
     done = subprocess.run([sys.executable, "-m", "rqscale.bench", "train", "--config", DEBUG_STAGE2, "--warmup", "1",
                            "--repeats", "1", "--recovery-s", "12.5"], capture_output=True, text=True, cwd=REPO, timeout=300)
@@ -32,6 +37,7 @@ def test_train_benchmark_reports_rates_overhead_and_mfu():
     loss = r["first_step_loss"]  # same batch, same RNG state: the two loops compute the same loss
     assert abs(loss["plain"] - loss["engine"]) < 0.02 * loss["plain"], loss
     assert "framework overhead" in done.stdout and "MFU vs bf16 peak" in done.stdout
+    assert "official" not in r  # no baseline asked for
     assert "not measured here" in report(r)  # without recovery_s
 
 
@@ -45,3 +51,75 @@ def test_master_weights_step_fp32_masters_and_round_into_bf16_copies():
     assert torch.equal(work[0], master[0].detach().to(torch.bfloat16)) and work[0].dtype == torch.bfloat16
     opt.zero_grad()
     assert work[0].grad is None and opt.param_groups[0]["lr"] == 1e-3
+
+
+# ---- the comparison with the authors' model (--official DIR): the logic, without their code ----------
+
+def _fake_official(root, patched: bool):
+    """DIR/rqvae/models/rqtransformer/ shaped like the authors' package; its configs.py has the instance
+    dataclass default that Python 3.11 refuses unless `patched`."""
+    pkg = root / "rqvae" / "models" / "rqtransformer"
+    pkg.mkdir(parents=True)
+    for init in (root / "rqvae", root / "rqvae" / "models"):
+        (init / "__init__.py").write_text("")
+    default = "field(default_factory=Block)" if patched else "Block()"
+    (pkg / "configs.py").write_text("from dataclasses import dataclass, field\n@dataclass\nclass Block:\n    n: int = 1\n"
+                                    f"@dataclass\nclass RQTransformerConfig:\n    block: Block = {default}\n")
+    (pkg / "transformers.py").write_text("class RQTransformer:\n    pass\n")
+    (pkg / "__init__.py").write_text("from .transformers import RQTransformer\n")
+    return str(root)
+
+
+def _forget_rqvae():
+    for name in [n for n in sys.modules if n == "rqvae" or n.startswith("rqvae.")]:
+        del sys.modules[name]
+
+
+def test_official_dir_errors_are_one_line_and_name_what_is_wanted(tmp_path):
+    for path, words in ((str(tmp_path / "missing"), "not a directory"), (str(tmp_path), "has no rqvae/models")):
+        with pytest.raises(baseline.BaselineError) as e:
+            baseline.import_official(path)
+        assert "\n" not in str(e.value) and words in str(e.value) and "authors' rqvae/ package" in str(e.value)
+    _forget_rqvae()
+    try:
+        with pytest.raises(baseline.BaselineError) as e:
+            baseline.import_official(_fake_official(tmp_path / "unpatched", patched=False))
+        assert "\n" not in str(e.value) and "field(default_factory=...)" in str(e.value)
+        _forget_rqvae()
+        model_cls, config_cls = baseline.import_official(_fake_official(tmp_path / "patched", patched=True))
+        assert model_cls.__name__ == "RQTransformer" and config_cls().block.n == 1
+        assert str(tmp_path / "patched") not in sys.path  # the import leaves sys.path as it was
+        with pytest.raises(baseline.BaselineError, match="different 'rqvae' package"):
+            baseline.import_official(_fake_official(tmp_path / "other", patched=True))
+    finally:
+        _forget_rqvae()
+
+
+def test_official_cli_refuses_a_bad_directory_in_one_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "rqscale.bench", "train", "--official", str(tmp_path / "nope")],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().count("\n") == 0 and "not a directory" in done.stderr, done.stderr
+
+
+def test_interleaved_timing_rotates_the_first_contender_and_cycles_batches():
+    calls = []
+    steps = {name: (lambda n: lambda batch, i: calls.append((n, batch, i)))(name) for name in "abc"}
+    times = baseline.interleaved(steps, {"a": [0, 1], "b": [0, 1], "c": [7]}, warmup=1, repeats=3)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert [n for n, _, _ in calls[3:]] == list("abc" + "bca" + "cab")
+    assert [(b, i) for n, b, i in calls if n == "a"] == [(0, 0), (1, 1), (0, 2), (1, 3)]
+
+
+def test_dropout_settings_and_set_dropout_reach_every_dropout():
+    cfg = load(DEBUG_STAGE2, [], check_files=False)
+    assert baseline._settings(cfg) == [("dropout 0", None)]  # the debug config has none: one setting
+    cfg = load(DEBUG_STAGE2, ["stage2.model.resid_dropout=0.1", "stage2.model.attn_dropout=0.1"], check_files=False)
+    assert baseline._settings(cfg) == [("dropout 0/0.1", None), ("dropout 0", 0.0)]
+    r = cfg.rqvae
+    model = RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
+    baseline.set_dropout(model, 0.25)
+    drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    attn = [m.attn_dropout for m in model.modules() if hasattr(m, "attn_dropout")]
+    assert drops and attn and set(drops) == {0.25} and set(attn) == {0.25}
+    assert baseline.official_config(cfg)["head"]["n_layer"] == cfg.stage2.model.depth_layers

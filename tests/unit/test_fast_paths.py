@@ -1,12 +1,14 @@
 """The faster CPU paths of the stage-2 step compute what the straightforward code computed.
 
-Blocked soft cross-entropy, categorical sampling by inverse CDF, dropout masks from torch.rand, and
-attention with dropout outside SDPA (rqscale.bench train measures their speed)."""
+Blocked soft cross-entropy, categorical sampling by inverse CDF, dropout masks from 16-bit integer
+draws, and attention with dropout outside SDPA (rqscale.bench train measures their speed)."""
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rqscale.models.transformer import Dropout, _math_attention, dropout
+from rqscale.models.transformer import Dropout, _math_attention, dropout, keep_mask
 from rqscale.quantizer.residual import sample_categorical
 from rqscale.tasks import soft_cross_entropy
 import rqscale.tasks.stage2 as stage2
@@ -62,8 +64,8 @@ def test_dropout_is_f_dropout_arithmetic_with_its_own_mask():
     y = dropout(x, 0.1)
     kept = y != 0
     assert 0.88 < float(kept.float().mean()) < 0.92
-    scale = torch.ones((), dtype=torch.bfloat16).div_(0.9)  # F.dropout's bf16 mask value
-    assert torch.equal(y[kept], x[kept] * scale) and y.dtype == torch.bfloat16
+    scale = 65536 / (65536 - 6554)  # 1 / P(keep) with p rounded to 2^-16
+    assert torch.equal(y[kept], (x[kept].float() * scale).to(torch.bfloat16)) and y.dtype == torch.bfloat16
     assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0) is x
     assert torch.equal(dropout(x, 1.0), F.dropout(x, 1.0))
     module = Dropout(0.1).eval()
@@ -72,6 +74,23 @@ def test_dropout_is_f_dropout_arithmetic_with_its_own_mask():
     out = dropout(xg, 0.5)
     out.sum().backward()
     assert torch.equal(xg.grad, (out != 0).float() * 2.0)
+    torch.manual_seed(3)
+    first = dropout(x, 0.3)
+    torch.manual_seed(3)
+    assert torch.equal(first, dropout(x, 0.3))  # from the global generator: seeding reproduces it
+
+
+def test_keep_mask_rate_scale_and_every_lane_of_a_draw():
+    torch.manual_seed(0)
+    for p in (0.1, 0.5, 0.9):
+        keep, scale = keep_mask(torch.Size([1 << 20]), p, torch.bfloat16, torch.device("cpu"))
+        assert keep.dtype == torch.bfloat16 and set(keep.unique().tolist()) == {0.0, 1.0}
+        rate = 1 - round(p * 65536) / 65536
+        assert abs(scale - 1 / rate) < 1e-12 and abs(rate - (1 - p)) <= 2 ** -17
+        lanes = keep.view(-1, 4).float().mean(0)  # the four 16-bit lanes of each int64 draw
+        assert (lanes - rate).abs().max() < 0.004, (p, lanes)  # ~6 standard errors at 2^18 per lane
+    keep, scale = keep_mask(torch.Size([3, 5, 7]), 0.999999, torch.float32, torch.device("cpu"))  # an odd size, p ~ 1
+    assert keep.shape == (3, 5, 7) and scale == 65536.0
 
 
 def test_math_attention_is_sdpa_math_path_without_dropout():
@@ -80,11 +99,16 @@ def test_math_attention_is_sdpa_math_path_without_dropout():
     with sdpa_kernel(SDPBackend.MATH):
         expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
     assert torch.allclose(_math_attention(q, k, v, 0.0), expected, atol=1e-6)
+    # bf16 inputs: bf16 products with an fp32 softmax land as close to the exact result (float64) as
+    # SDPA's bf16 math path, which upcasts q, k and v to fp32
+    exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
     q16, k16, v16 = (t.to(torch.bfloat16) for t in (q, k, v))
-    with sdpa_kernel(SDPBackend.MATH):  # bf16 inputs: both upcast to fp32 and round the output once
-        expected16 = F.scaled_dot_product_attention(q16, k16, v16, is_causal=True)
+    with sdpa_kernel(SDPBackend.MATH):
+        sdpa16 = F.scaled_dot_product_attention(q16, k16, v16, is_causal=True)
     got16 = _math_attention(q16, k16, v16, 0.0)
-    assert got16.dtype == torch.bfloat16 and (got16.float() - expected16.float()).abs().max() <= 0.0079
+    err = {name: (t.double() - exact).abs() for name, t in (("ours", got16), ("sdpa", sdpa16))}
+    assert got16.dtype == torch.bfloat16
+    assert err["ours"].max() <= 1.25 * err["sdpa"].max() and err["ours"].mean() <= 1.25 * err["sdpa"].mean()
 
 
 def test_math_attention_dropout_keeps_causality_and_expectation():
@@ -97,3 +121,20 @@ def test_math_attention_dropout_keeps_causality_and_expectation():
     qs, ks, vs = torch.randn(3, 1, 1, 4, 8)
     mean = torch.stack([_math_attention(qs, ks, vs, 0.3) for _ in range(4000)]).mean(0)
     assert torch.allclose(mean, _math_attention(qs, ks, vs, 0.0), atol=0.06)  # inverted dropout: unbiased
+
+
+def test_attention_module_cpu_branch_matches_the_gpu_branch(monkeypatch):
+    """CausalSelfAttention on CPU takes _math_attention; on GPU, SDPA. Both branches run here (the GPU's
+    on SDPA's CPU kernel): same outputs in fp32, and in bf16 within bf16 rounding."""
+    from rqscale.models import transformer
+
+    torch.manual_seed(0)
+    attention = transformer.CausalSelfAttention(64, 4, attn_dropout=0.1, resid_dropout=0.0).eval()
+    half = copy.deepcopy(attention).to(torch.bfloat16)
+    x = torch.randn(3, 11, 64)
+    outs = {}
+    for branch in ("math", "sdpa"):
+        monkeypatch.setattr(transformer, "CPU_ATTENTION", branch)
+        outs[branch] = (attention(x), half(x.to(torch.bfloat16)).float())
+    assert torch.allclose(outs["math"][0], outs["sdpa"][0], atol=1e-5)
+    assert (outs["math"][1] - outs["sdpa"][1]).abs().max() <= 0.02 * outs["sdpa"][1].abs().max()

@@ -163,14 +163,23 @@ def _debug_cfg():
     return load(DEBUG_STAGE2, ["stage2.model.activation_checkpointing=true"], check_files=False)
 
 
-def test_sdpa_detector_sees_the_fused_cpu_kernel():
+@pytest.fixture
+def sdpa_on_cpu(monkeypatch):
+    """The model's attention through scaled_dot_product_attention on CPU too, as on GPU (rqscale trains
+    on CPU with its own math path, which the detector is not for)."""
+    from rqscale.models import transformer
+
+    monkeypatch.setattr(transformer, "CPU_ATTENTION", "sdpa")
+
+
+def test_sdpa_detector_sees_the_fused_cpu_kernel(sdpa_on_cpu):
     names = gpu_parts.profiled_op_names(_debug_cfg(), CPU, batch=2)
     verdict = checks.sdpa_verdict(checks.sdpa_backends(names), "cpu")
     assert verdict["pass"] and verdict["backend"] == "flash-cpu"
     assert verdict["calls"]["flash-cpu"] == 2 * (4 + 2)  # every block's forward, again in the checkpointed recompute
 
 
-def test_sdpa_check_fails_on_the_math_backend():
+def test_sdpa_check_fails_on_the_math_backend(sdpa_on_cpu):
     with sdpa_kernel(SDPBackend.MATH):
         names = gpu_parts.profiled_op_names(_debug_cfg(), CPU, batch=2)
     verdict = checks.sdpa_verdict(checks.sdpa_backends(names), "cpu")

@@ -117,6 +117,7 @@ def test_all_table_a1_configs_within_one_percent():
     assert time.perf_counter() - start < 30  # meta device: no memory, seconds
 
 
+@pytest.mark.slow
 def test_plan_cli_prints_json():
     proc = subprocess.run([sys.executable, "-m", "rqscale.plan", "configs/rq_3.8b.yaml", "--json"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
