@@ -8,9 +8,7 @@ width, heads, spatial / depth layers, classes. Its codebook is random: only shap
 
 rqscale's side is the training step itself: the DeepSpeed engine step (what training runs) and the plain
 loop, with soft labels and stochastic codes computed from latents inside each step (Eq. 15; the
-baseline gets its codes for free), grad clipping (A.3), bf16 weights + fp32 masters. Also timed: the
-plain loop with torch's own bf16 GEMM (rqscale/models/cpu_bf16.py), which shows how much of the gap is
-the GEMM kernel. Each setting runs at the config's dropout (A.3: 0.1) and with all dropout off, set
+baseline gets its codes for free), grad clipping (A.3), bf16 weights + fp32 masters. Each setting runs at the config's dropout (A.3: 0.1) and with all dropout off, set
 in place on both models (every nn.Dropout's p, and rqscale's attention-weight dropout).
 
 Prepare DIR once, outside the project: export the repository's rqvae/ folder into it
@@ -53,7 +51,7 @@ def import_official(path: str) -> tuple:
     """(RQTransformer, RQTransformerConfig) imported from DIR/rqvae, as official_bench.py does."""
     path = check_dir(path)
     loaded = sys.modules.get("rqvae")
-    if loaded is not None and not os.path.abspath(getattr(loaded, "__file__", "") or "").startswith(path):
+    if loaded is not None and not os.path.abspath(getattr(loaded, "__file__", "") or "").startswith(path + os.sep):
         raise BaselineError(f"a different 'rqvae' package is already imported ({loaded.__file__}); run without it")
     sys.path.insert(0, path)
     try:
@@ -86,7 +84,7 @@ def official_config(cfg: Config) -> dict:
 
 def official_trainer(cfg: Config, path: str) -> tuple:
     """(the authors' model, its step function(batch, i)): one optimizer step as official_bench.py takes it."""
-    from omegaconf import OmegaConf
+    from omegaconf import OmegaConf  # the authors' config API takes a DictConfig: the one importer outside config/
 
     model_cls, config_cls = import_official(path)
     torch.manual_seed(cfg.run.seed)

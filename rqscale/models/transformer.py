@@ -51,7 +51,7 @@ def _single_query_attention(q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor)
 
 # The CPU dropout mask compares 16-bit uniform integers with a threshold: p is rounded to a multiple of
 # 2^-16 (0.1 -> 0.100006) and the kept elements are scaled by the exact 1 / P(keep), so the layer stays
-# unbiased. Four masks' worth of integers come from one full-range int64 draw.
+# unbiased. One full-range int64 draw gives four elements' 16-bit integers.
 _MASK_LEVELS = 1 << 16
 
 
@@ -73,11 +73,13 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
 
     The arithmetic of F.dropout: keep each element with probability 1 - p and scale the kept ones by
     1 / (1 - p). Only the draw differs on CPU (`keep_mask`): 16-bit integers from full 64-bit draws
-    instead of one fp32 uniform an element. On 2 CPU cores torch.rand took 28 ms for a (2048, 4, 512)
-    mask (bernoulli_, F.dropout's own draw, 40 ms) and the int64 draw 6-9 ms; the stage-2 bench model
-    drops ~43M elements a step. Drawn from the same global generator, so seeding, activation checkpointing and
+    instead of one fp32 uniform an element. For a (2048, 4, 512) mask on 2 AMD EPYC cores (Dec 2026):
+    torch.rand 28-30 ms, bernoulli_ (F.dropout's own draw) 40 ms, the int64 draw 6-9 ms; the stage-2
+    bench model drops ~43M elements a step. Drawn from the same global generator, so seeding, activation checkpointing and
     checkpointed RNG state behave as before. Off CPU, F.dropout's fused kernel is used as is.
     """
+    if not 0.0 <= p <= 1.0:  # the integer threshold would wrap, where F.dropout raises
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
@@ -97,11 +99,13 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p
     """Causal attention with dropout on the attention weights, for CPU training (SDPA's fused CPU kernel
     takes no dropout): softmax(q k^T / sqrt(head_dim) + causal mask), dropout, times v.
 
-    The two products run in the inputs' dtype (bf16 under A.3's mixed precision, as torch.autocast runs
-    them in the authors' code) and the scores' scale, mask and softmax in fp32, rounded once to the
-    input dtype for the dropout and the product with v. SDPA's own math path upcasts q, k and v to
-    fp32 instead; on 2 CPU cores, forward + backward of the bench model's depth attention (2048 x 8
-    heads x 4 positions) took 35 ms this way against 54 ms upcast."""
+    The two products run in the inputs' dtype (bf16 under A.3's mixed precision), and the scores' scale,
+    mask and softmax in fp32, rounded once to the input dtype for the dropout and the product with v:
+    the arithmetic of the authors' attention under torch.autocast, whose bmm rounds the scores to bf16.
+    SDPA's own math path (and the GPU kernels) keep the scores in fp32 instead: against exact attention
+    of the same bf16 inputs its error was ~2x smaller at unit-scale scores and up to ~5x on sharp ones.
+    On 2 CPU cores, forward + backward of the bench model's depth attention (2048 x 8 heads x 4
+    positions) took 35 ms this way against 54 ms upcast to fp32 (Dec 2026)."""
     length = q.shape[-2]
     scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(q.shape[-1] ** -0.5)
     future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)

@@ -25,8 +25,8 @@ class SmallExtractor(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1)
         self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
-        # A plain matrix, not nn.Linear: DeepSpeed's ZeRO-3 (trained in-process by the shared fixtures)
-        # leaves F.linear patched with an autograd Function that TorchScript cannot compile.
+        # A plain matrix, not nn.Linear: a DeepSpeed ZeRO-3 engine built in this process (several ranks or
+        # param offload) leaves F.linear patched with an autograd Function that TorchScript cannot compile.
         self.proj = nn.Parameter(torch.randn(16 * 16, 32) / 16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
