@@ -15,7 +15,7 @@ import numpy as np
 
 from data_prep.images import encode_jpeg
 from data_prep.shards import write_shards
-from rqscale.data.bundled import DIGIT_WORDS, class_names
+from rqscale.data.bundled import class_captions, class_names
 from rqscale.data.storage import join
 
 
@@ -23,20 +23,20 @@ def digit_items(resolution: int = 32):
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    data = load_digits()
+    data, captions = load_digits(), class_captions("digits")
     for i, (image, label) in enumerate(zip(data.images, data.target)):
         gray = (image / 16.0 * 255).astype(np.uint8)
         big = np.asarray(Image.fromarray(gray).resize((resolution, resolution), Image.BILINEAR))
         rgb = np.repeat(big[..., None], 3, axis=2)
-        yield {"__key__": f"digit{i:05d}", "jpg": encode_jpeg(rgb), "cls": int(label), "txt": f"a handwritten digit {DIGIT_WORDS[label]}"}
+        yield {"__key__": f"digit{i:05d}", "jpg": encode_jpeg(rgb), "cls": int(label), "txt": captions[label]}
 
 
 def photo_items():
-    from rqscale.data.bundled import SKIMAGE_PHOTOS, photo_arrays
+    from rqscale.data.bundled import photo_arrays
 
-    names = list(SKIMAGE_PHOTOS) + ["china", "flower"]
-    for i, (name, photo) in enumerate(zip(names, photo_arrays())):
-        yield {"__key__": f"photo{i:03d}", "jpg": encode_jpeg(photo), "cls": i, "txt": f"a photo: {name.replace('_', ' ')}"}
+    captions = class_captions("photos")
+    for i, photo in enumerate(photo_arrays()):
+        yield {"__key__": f"photo{i:03d}", "jpg": encode_jpeg(photo), "cls": i, "txt": captions[i]}
 
 
 def build(out: str, digits_per_shard: int = 256) -> dict:

@@ -60,7 +60,13 @@ def _encode(value) -> bytes:
 def tar_bytes(samples: list) -> tuple[bytes, list]:
     """A POSIX (pax) tar of `<key>.<field>` members with fixed metadata, so equal input gives equal bytes,
     and the byte offset where each sample starts (plus the end of the last): readers fetch a run of
-    samples with one ranged read."""
+    samples with one ranged read.
+
+    Not webdataset.TarWriter (1.0.2): given user="", group="", mode=0o644, mtime=0 and encoder=False it
+    writes these very bytes (tests/data/test_webdataset_interop.py checks it), but it reports no offsets
+    (only its private tarstream's undocumented TarFile.offset has them), its defaults are not reproducible
+    (mtime = time.time(), owner "bigdata"), and it ignores its `format` argument (PAX only because it is
+    Python's default). This function gives all three directly."""
     buffer = io.BytesIO()
     offsets = []
     with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:  # PAX: no 100-char name limit

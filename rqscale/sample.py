@@ -2,9 +2,15 @@
 RQ-Transformer, decoded by its RQ-VAE.
 
 Sampling flags not given take the checkpoint's own defaults (its config's stage2.sampling, which also drew
-its run's picture). Writes DIR/grid.png, DIR/sample_00000.png ..., and DIR/samples.npz with `images` (uint8, N x H x W x 3)
-and `labels` (class labels; -1 for unconditional or text samples). Per-depth settings take one value
-for every depth or D values, e.g. `--top-k 512 256 128 64`.
+its run's picture). Writes DIR/grid.png, DIR/sample_00000.png ..., and DIR/samples.npz with `images` (uint8, N x H x W x 3),
+`labels` (class labels; -1 for unconditional or text samples) and, for a text model, `captions` (each sample's).
+Per-depth settings take one value for every depth or D values, e.g. `--top-k 512 256 128 64`.
+
+A text-conditional model takes `--text "a caption"` (cycled over --num-samples) or `--captions FILE`: one
+caption per line, one image per line in file order (blank lines are skipped); --num-samples may then be
+omitted or must equal the number of captions. A caption longer than the model's text length is cut as
+training cuts it, with a warning. `--rerank N --clip-model DIR` keeps, for each sample, the best of N
+candidates of its caption by CLIP similarity (B.5 uses 16), scored by a local CLIP model.
 """
 from __future__ import annotations
 
@@ -17,20 +23,24 @@ import torch
 
 from rqscale.sampling.checkpoint import read_config
 from rqscale.sampling.flags import add_sampling_args, sampling_fields
-from rqscale.sampling.generate import sample
+from rqscale.sampling.generate import cycled, sample
 from rqscale.sampling.request import SampleRequest
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m rqscale.sample", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="rqtransformer.pt written by a stage-2 run")
-    p.add_argument("--num-samples", type=int, required=True)
+    p.add_argument("--num-samples", type=int, help="how many samples (with --captions: omit, or the caption count)")
     cond = p.add_mutually_exclusive_group()
     cond.add_argument("--class-label", type=int, nargs="+", help="class labels, cycled over the samples")
     cond.add_argument("--text", help="caption for a text-conditional model")
+    cond.add_argument("--captions", metavar="FILE", help="text-conditional model: one caption per line, one image each")
     add_sampling_args(p)
     p.add_argument("--classifier", help="TorchScript classifier for rejection sampling")
     p.add_argument("--acceptance-rate", type=float, default=1.0, help="fraction of candidates kept (with --classifier)")
+    p.add_argument("--rerank", type=int, default=1, metavar="N",
+                   help="text models: best of N candidates per sample by CLIP similarity (B.5 uses 16; needs --clip-model)")
+    p.add_argument("--clip-model", help="local CLIP directory (transformers save_pretrained) that scores --rerank candidates")
     p.add_argument("--out", required=True)
     p.set_defaults(temperature=None, top_k=None, top_p=None, cfg_scale=None)  # unset: the checkpoint's stage2.sampling
     return p.parse_args(argv)
@@ -47,14 +57,43 @@ def with_checkpoint_sampling(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def read_caption_file(path: str) -> tuple[str, ...]:
+    """The non-blank lines of a caption file, in order; an empty file is refused."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            captions = tuple(line.strip() for line in f if line.strip())
+    except OSError as exc:
+        raise ValueError(f"--captions: cannot read '{path}': {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--captions: '{path}' is not UTF-8 text") from None
+    if not captions:
+        raise ValueError(f"--captions: '{path}' holds no caption: write one caption per line")
+    return captions
+
+
+def captions_and_count(args: argparse.Namespace) -> tuple[tuple[str, ...], int]:
+    """(captions, number of samples) the flags ask for."""
+    if args.captions:
+        captions = read_caption_file(args.captions)
+        if args.num_samples not in (None, len(captions)):
+            raise ValueError(f"--num-samples {args.num_samples} differs from the {len(captions)} captions in {args.captions}: "
+                             "omit --num-samples to draw one image per caption")
+        return captions, len(captions)
+    if args.num_samples is None:
+        raise ValueError("--num-samples is required (only --captions FILE implies it)")
+    return (() if args.text is None else (args.text,)), args.num_samples
+
+
 def request_of(args: argparse.Namespace) -> SampleRequest:
     """The request the flags describe; a bad value is a ValueError naming its flag, before anything loads."""
-    return SampleRequest(args.checkpoint, args.num_samples, class_labels=tuple(args.class_label or ()),
-                         captions=() if args.text is None else (args.text,), classifier=args.classifier,
-                         acceptance_rate=args.acceptance_rate, **sampling_fields(args))
+    captions, count = captions_and_count(args)
+    return SampleRequest(args.checkpoint, count, class_labels=tuple(args.class_label or ()), captions=captions,
+                         classifier=args.classifier, acceptance_rate=args.acceptance_rate, rerank=args.rerank,
+                         clip_model=args.clip_model, **sampling_fields(args))
 
 
-def write_outputs(out: str, images: torch.Tensor, labels: np.ndarray) -> None:
+def write_outputs(out: str, images: torch.Tensor, labels: np.ndarray, captions: tuple = ()) -> None:
+    """The sample PNGs, a grid, and samples.npz (images, labels, and each sample's caption if any)."""
     from PIL import Image
 
     from rqscale.utils.images import save_grid, to_uint8
@@ -68,17 +107,19 @@ def write_outputs(out: str, images: torch.Tensor, labels: np.ndarray) -> None:
     if len(rows) > 1 and len(rows[-1]) < per_row:  # pad the last row with white tiles
         rows[-1] = torch.cat([rows[-1], torch.ones(per_row - len(rows[-1]), *images.shape[1:])])
     save_grid(rows, os.path.join(out, "grid.png"))
-    np.savez(os.path.join(out, "samples.npz"), images=pixels, labels=labels)
+    text = {"captions": np.array(cycled(captions, len(pixels)))} if captions else {}
+    np.savez(os.path.join(out, "samples.npz"), images=pixels, labels=labels, **text)
 
 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        images, labels = sample(request_of(with_checkpoint_sampling(args)))
+        request = request_of(with_checkpoint_sampling(args))
+        images, labels = sample(request)
     except (ValueError, FileNotFoundError) as exc:
         print(f"rqscale.sample: error: {exc}", file=sys.stderr)
         return 2
-    write_outputs(args.out, images, labels)
+    write_outputs(args.out, images, labels, request.captions)
     print(f"rqscale.sample: wrote {len(images)} samples to {args.out} (grid.png, samples.npz)")
     return 0
 

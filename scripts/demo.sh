@@ -9,13 +9,7 @@
 # (default runs/). Extra key=value arguments go to both stages, e.g. `bash scripts/demo.sh train.max_steps=50`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-py=.venv/bin/python
-out=${RQSCALE_RUNS:-runs}
-data="$out/demo-data"
-if [ ! -f "$data/digits/manifest.json" ]; then
-  $py -m data_prep.demo --out "$data"
-fi
-shards=("data.shards=$data/digits/manifest.json" data.hflip=false)  # a mirrored digit is another shape
+source scripts/demo_data.sh  # py, out, shards; writes the demo shards on first use
 $py -m rqscale.train configs/debug/stage1.yaml run.output_dir="$out" run.name=demo-stage1 "${shards[@]}" \
   train.num_workers=2 train.micro_batch=8 "$@"
 $py -m rqscale.train configs/debug/stage2.yaml run.output_dir="$out" run.name=demo-stage2 "${shards[@]}" \

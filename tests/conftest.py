@@ -44,7 +44,7 @@ def trained_stage2(trained_stage1, runs_dir):
 
 
 # Fixtures that train a debug model (minutes on 2 cores): a test that needs one is in the slow tier.
-TRAINING_FIXTURES = {"trained_stage1", "trained_stage2", "rqvae_file", "deterministic_run", "random_run", "two_step_run", "probed", "latent_setup"}
+TRAINING_FIXTURES = {"trained_stage1", "trained_stage2", "rqvae_file", "deterministic_run", "random_run", "two_step_run", "probed", "latent_setup", "text_model"}
 
 
 def pytest_collection_modifyitems(config, items):

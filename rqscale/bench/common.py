@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 import platform
+import statistics
+import time
 
 import torch
 
@@ -37,3 +39,25 @@ def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, device: torch.devic
     b = torch.randn(k, n, device=device).to(dtype)
     seconds = time_fn(lambda: a @ b, device, repeats=repeats)
     return 2.0 * m * k * n / seconds
+
+
+def interleaved(steps: dict, batches: dict, warmup: int, repeats: int) -> dict:
+    """Seconds of `repeats` steps of each contender, timed in turns (one step of each per round, the
+    starting contender rotating), after `warmup` untimed rounds. steps/batches: {name: fn / list}."""
+    names = list(steps)
+    for i in range(warmup):
+        for name in names:
+            steps[name](batches[name][i % len(batches[name])], i)
+    times: dict = {name: [] for name in names}
+    for r in range(repeats):
+        i = warmup + r
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            start = time.perf_counter()
+            steps[name](batches[name][i % len(batches[name])], i)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def rate_of(times: list, batch: int) -> dict:
+    seconds = statistics.median(times)
+    return {"images_per_s": batch / seconds, "step_s": seconds, "step_times_s": times}

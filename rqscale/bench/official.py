@@ -18,14 +18,13 @@ are instances in DIR/rqvae/models/rqtransformer/configs.py to `field(default_fac
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 from typing import Callable
 
 import torch
 from torch import nn
 
+from rqscale.bench.common import interleaved, rate_of
 from rqscale.config import Config
 
 MODEL_FILE = os.path.join("rqvae", "models", "rqtransformer", "transformers.py")
@@ -130,28 +129,6 @@ def set_dropout(model: nn.Module, p: float) -> None:
             module.attn_dropout = p
 
 
-def interleaved(steps: dict, batches: dict, warmup: int, repeats: int) -> dict:
-    """Seconds of `repeats` steps of each contender, timed in turns (one step of each per round, the
-    starting contender rotating), after `warmup` untimed rounds. steps/batches: {name: fn / list}."""
-    names = list(steps)
-    for i in range(warmup):
-        for name in names:
-            steps[name](batches[name][i % len(batches[name])], i)
-    times: dict = {name: [] for name in names}
-    for r in range(repeats):
-        i = warmup + r
-        for name in names[r % len(names):] + names[: r % len(names)]:
-            start = time.perf_counter()
-            steps[name](batches[name][i % len(batches[name])], i)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def _rate(times: list, batch: int) -> dict:
-    seconds = statistics.median(times)
-    return {"images_per_s": batch / seconds, "step_s": seconds, "step_times_s": times}
-
-
 def _settings(cfg: Config) -> list:
     """[(label, dropout to set or None to keep the config's)]: the config's dropout, then all off."""
     m = cfg.stage2.model
@@ -174,7 +151,7 @@ def compare(cfg: Config, rqscale: dict, models: list, path: str, batches: list, 
             for model in (*models, official_model):
                 set_dropout(model, p)
         times = interleaved(steps, feeds, warmup, repeats)
-        rates = {name: _rate(t, cfg.train.micro_batch) for name, t in times.items()}
+        rates = {name: rate_of(t, cfg.train.micro_batch) for name, t in times.items()}
         base = rates["official"]["images_per_s"]
         out[label] = {"rates": rates, "vs_official": {n: r["images_per_s"] / base for n, r in rates.items() if n != "official"}}
     return out

@@ -30,6 +30,10 @@ kept for reuse). The first is what a training process gets unless it makes that 
 Baseline. With `official` (`--official DIR`), the authors' RQ-Transformer at the same size is timed in the
 same process, interleaved with rqscale's engine step and plain loop, at the config's dropout and with
 dropout off (rqscale/bench/official.py).
+
+Text. A text-conditional config (e.g. `stage2.model.condition=text`) is also timed beside its
+class-conditional twin at the same width, and the cost of the caption prefix is set against its FLOPs
+(rqscale/bench/text.py).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from typing import Optional, Sequence
 import torch
 
 from rqscale.bench import official as baseline
+from rqscale.bench import text as text_bench
 from rqscale.bench.common import machine, matmul_flops
 from rqscale.config import Config, load
 from rqscale.models import RQVAE
@@ -89,7 +94,8 @@ def bench_config(config: str, workdir: str, overrides: Sequence[str] = ()) -> Co
     path = os.path.join(workdir, "rqvae.pt")
     torch.save(RQVAE(base.rqvae).state_dict(), path)
     precision = ["engine.precision=bf16"] if base.engine.precision == "auto" else []
-    return load(config, [*overrides, *precision, f"stage2.rqvae_checkpoint={path}"])
+    # No file checks: the RQ-VAE was just written, and a text model is fed token ids, not captions (no tokenizer).
+    return load(config, [*overrides, *precision, f"stage2.rqvae_checkpoint={path}"], check_files=False)
 
 
 def make_batches(cfg: Config, count: int = 3, seed: int = 0) -> list:
@@ -247,12 +253,16 @@ def run(config: str = "configs/debug/stage2_bench.yaml", warmup: int = 2, repeat
             results["official"] = baseline.compare(cfg, steps, [plain.task.model, engines.task.model], official,
                                                    batches, warmup, repeats)
             results["official"]["allocator"] = current
+        if cfg.stage2.model.condition == "text":
+            twin = bench_config(config, workdir, text_bench.class_twin_overrides(overrides))
+            results["text_vs_class"] = text_bench.compare(cfg, twin, warmup, repeats, peak16)
     m, r = cfg.stage2.model, cfg.rqvae
     return {
         "benchmark": "train.stage2", "machine": machine(), "config": config, "overrides": list(overrides),
         "model": {"embed_dim": m.embed_dim, "spatial_layers": m.spatial_layers, "depth_layers": m.depth_layers,
                   "dropout": [m.embd_dropout, m.resid_dropout, m.attn_dropout]},
-        "K": r.num_codes, "code_shape": list(r.code_shape), "batch": cfg.train.micro_batch,
+        "K": r.num_codes, "code_shape": list(r.code_shape), "batch": cfg.train.micro_batch, "condition": m.condition,
+        "text_length": m.text_length if m.condition == "text" else 0,
         "engine": {"zero_stage": engines.engine.zero_optimization_stage(), "precision": cfg.engine.precision, "world_size": 1},
         "warmup": warmup, "repeats": repeats,
         "train_gflop_per_sample": flops / 1e9, "matmul_bf16_gflops": peak16 / 1e9, "matmul_fp32_gflops": peak32 / 1e9,
@@ -302,6 +312,8 @@ def report(r: dict, recovery_s: Optional[float] = None) -> str:
         labels = {"engine": "rqscale engine", "plain": "plain", "official": "authors"}
         lines += baseline.report_lines(r["official"], labels)
         lines.append(f"    (ratios: rqscale / authors, img/s; [{r['official']['allocator']}] allocator)")
+    if "text_vs_class" in r:
+        lines += text_bench.report_lines(r["text_vs_class"], r["text_length"])
     lines.append(f"  recovery after a worker failure: {recovery_s:.1f} s (rqscale.bench.recovery)" if recovery_s is not None
                  else "  recovery after a worker failure: not measured here (rqscale.bench.recovery; pass recovery_s)")
     lines.append(json.dumps(r if recovery_s is None else {**r, "recovery_s": recovery_s}))

@@ -120,6 +120,9 @@ class SamplingConfig:
     top_k: int = 0  # 0: off; else keep the k most likely codes (B.5)
     top_p: float = 1.0  # 1.0: off; else nucleus sampling (B.5)
     cfg_scale: float = 1.0  # 1.0: no classifier-free guidance (needs stage2.model.cond_dropout > 0)
+    # Text models: the captions of the run picture's rows (up to 10); empty: the first 10 distinct captions
+    # of the held-out data (the bundled sets: their class captions, in label order).
+    captions: List[str] = field(default_factory=list)
 
 
 @dataclass

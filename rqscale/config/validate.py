@@ -256,7 +256,19 @@ def _check_files(cfg: Config) -> None:
             raise ConfigError("stage2.rqvae_checkpoint", "stage 2 needs a trained RQ-VAE", "set stage2.rqvae_checkpoint=PATH/rqvae.pt (written by a stage-1 run)")
         if not ckpt.startswith("s3://") and not os.path.isfile(ckpt):
             raise ConfigError("stage2.rqvae_checkpoint", f"weights file '{ckpt}' does not exist", "train stage 1 first or point stage2.rqvae_checkpoint at its rqvae.pt")
+        _check_tokenizer_file(cfg)
     _check_shards(cfg.data.shards, data_kind(cfg))
+
+
+def _check_tokenizer_file(cfg: Config) -> None:
+    path = cfg.stage2.tokenizer
+    if cfg.stage2.model.condition != "text":
+        return
+    fix = "train one with python -m data_prep.tokenizer --captions MANIFEST_OR_FILE --out tokenizer.json and set stage2.tokenizer to it"
+    if not path:
+        raise ConfigError("stage2.tokenizer", "a text-conditional model needs the caption tokenizer, and none is set", fix)
+    if not path.startswith("s3://") and not os.path.isfile(path):  # s3://: checked before workers start (check_runnable)
+        raise ConfigError("stage2.tokenizer", f"tokenizer file '{path}' does not exist", fix)
 
 
 def _check_shards(shards: str, kind: str) -> None:

@@ -66,6 +66,16 @@ def bundled_dataset(name: str, resolution: int, num_samples: int, seed: int = 0)
     raise ValueError(f"unknown bundled set '{name}' (choose photos or digits)")
 
 
+def class_captions(name: str) -> list[str]:
+    """The caption of each class of a bundled set, by label: what the demo shards' `txt` holds
+    (data_prep.demo) and what a text-conditional model trains on from the bundled set."""
+    if name == "digits":
+        return [f"a handwritten digit {word}" for word in DIGIT_WORDS]
+    if name == "photos":
+        return [f"a photo: {photo.replace('_', ' ')}" for photo in PHOTO_NAMES]
+    raise ValueError(f"unknown bundled set '{name}' (choose photos or digits)")
+
+
 def class_names(name: str) -> list[str]:
     """Row labels for pictures of a bundled set, indexed by class label: "7 (seven)", "chelsea"."""
     if name == "digits":

@@ -1,14 +1,19 @@
-"""What the training loop consumes: endless (images, labels) micro-batches and a fixed eval set,
-from the bundled images or from data_prep shards (local or S3), behind one interface."""
+"""What the training loop consumes: endless (images, condition) micro-batches and a fixed eval set,
+from the bundled images or from data_prep shards (local or S3), behind one interface.
+
+The condition is a class label (-1 where the data has none) or, for a text-conditional model, the
+caption's token ids (stage2.tokenizer, stage2.model.text_length), tokenized here on the host. The
+bundled sets caption each image by its class (bundled.class_captions), as the demo shards do."""
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 
-from rqscale.config import Config, data_kind
-from rqscale.data.bundled import batches, bundled_dataset, class_names
-from rqscale.data.reader import ResumableLoader, check_label_range, load_class_names, load_shards
+from rqscale.config import Config, ConfigError, data_kind
+from rqscale.data.bundled import batches, bundled_dataset, class_captions, class_names
+from rqscale.data.reader import ResumableLoader, check_label_range, load_class_names, load_shards, read_run
+from rqscale.data.text import CaptionTokenizer, tokenizer_of
 from rqscale.data.transforms import to_unit_range
 
 EVAL_SEED_OFFSET = 10_000  # held-out photo crops come from another seed than the training crops
@@ -27,7 +32,28 @@ def bundled_split(cfg: Config):
 
 def shard_loader(cfg: Config, train: bool = True) -> ResumableLoader:
     return ResumableLoader(load_shards(cfg.data.shards), cfg.train.global_batch, 0, 1, cfg.run.seed, cfg.rqvae.resolution,
-                           cfg.data.loader_workers, cfg.data.max_bad_samples, train=train, flip=cfg.data.hflip)
+                           cfg.data.loader_workers, cfg.data.max_bad_samples, train=train, flip=cfg.data.hflip,
+                           need_text=is_text(cfg))
+
+
+def is_text(cfg: Config) -> bool:
+    return cfg.stage == "stage2" and cfg.stage2.model.condition == "text"
+
+
+def check_text_setup(cfg: Config) -> None:
+    """Before any worker starts: the tokenizer fits the model's vocabulary, and the data carries captions
+    (the first sample of the first shard is read; the bundled sets are captioned by class)."""
+    tokenizer, m = tokenizer_of(cfg), cfg.stage2.model
+    if tokenizer.vocab_size > m.text_vocab:
+        raise ConfigError("stage2.model.text_vocab", f"the tokenizer '{cfg.stage2.tokenizer}' has {tokenizer.vocab_size} "
+                          f"entries but the model embeds {m.text_vocab}", f"set stage2.model.text_vocab={tokenizer.vocab_size} (or more)")
+    if data_kind(cfg) != "webdataset":
+        return
+    first = next(iter(read_run(load_shards(cfg.data.shards)[0], 0, 1)), None)
+    if first is not None and "txt" not in first:
+        raise ConfigError("data.shards", f"the shards of '{cfg.data.shards}' carry no captions (sample '{first['__key__']}' "
+                          f"has {sorted(k for k in first if k != '__key__')}, no 'txt')", "point data.shards at caption "
+                          "shards (data_prep.cc3m, data_prep.demo), or train with stage2.model.condition=class")
 
 
 def class_count(cfg: Config) -> Optional[int]:
@@ -35,25 +61,6 @@ def class_count(cfg: Config) -> Optional[int]:
     if cfg.stage == "stage2" and cfg.stage2.model.condition == "class":
         return cfg.stage2.model.num_classes
     return None
-
-
-def micro_batches(cfg: Config) -> Iterator[dict]:
-    """Endless micro-batches of cfg.train.micro_batch: {"images" or "latents", "cond"}; cond is -1
-    where the data has no label. Latent shards (data_prep.latents) give "latents" for stage 2."""
-    if data_kind(cfg) == "bundled":
-        images, labels, _ = bundled_split(cfg)
-        for x, y in batches(images, labels, cfg.train.micro_batch, cfg.run.seed, flip=cfg.data.bundled_set == "photos"):
-            yield {"images": x, "cond": y}
-        return
-    loader = shard_loader(cfg)
-    while True:
-        for batch in loader.epoch_batches():
-            n, mb = len(batch["keys"]), cfg.train.micro_batch
-            field = "latents" if "latents" in batch else "images"
-            labels = batch.get("cond", torch.full((n,), -1))
-            for start in range(0, n, mb):
-                x = batch[field][start : start + mb]
-                yield {field: to_unit_range(x) if field == "images" else x, "cond": labels[start : start + mb]}
 
 
 def eval_images(cfg: Config) -> torch.Tensor:
@@ -74,6 +81,22 @@ def class_names_of(cfg: Config) -> Optional[list]:
     if data_kind(cfg) == "bundled":
         return class_names(cfg.data.bundled_set)
     return load_class_names(cfg.data.shards)
+
+
+PICTURE_CAPTION_SCAN = 256  # samples of the first shard read for distinct captions: one small ranged read
+
+
+def picture_captions(cfg: Config, rows: int = 10) -> list:
+    """The captions of a text model's picture rows: stage2.sampling.captions, or the bundled set's class
+    captions, or the first `rows` distinct captions among the first samples of the first shard."""
+    if cfg.stage2.sampling.captions:
+        return list(cfg.stage2.sampling.captions[:rows])
+    if data_kind(cfg) == "bundled":
+        return class_captions(cfg.data.bundled_set)[:rows]
+    shard = load_shards(cfg.data.shards)[0]
+    raws = read_run(shard, 0, min(shard.samples, PICTURE_CAPTION_SCAN))
+    captions = [raw["txt"].decode("utf-8", "replace") for raw in raws if "txt" in raw]
+    return list(dict.fromkeys(captions))[:rows]
 
 
 class RankBatches:
@@ -98,7 +121,11 @@ class RankBatches:
         self._loader = None if self._bundled else ResumableLoader(
             load_shards(cfg.data.shards), cfg.train.global_batch, rank, world_size, cfg.run.seed, cfg.rqvae.resolution,
             cfg.data.loader_workers, cfg.data.max_bad_samples, train=True, drop_last=True, flip=cfg.data.hflip,
-            num_classes=class_count(cfg))
+            num_classes=class_count(cfg), need_text=is_text(cfg))
+        self._tokenizer: Optional[CaptionTokenizer] = tokenizer_of(cfg) if is_text(cfg) else None
+        self._class_caption_tokens = None  # (classes, L): each bundled class's caption, tokenized once
+        if self._tokenizer is not None and self._bundled:
+            self._class_caption_tokens = self._tokenizer.encode_batch(class_captions(cfg.data.bundled_set))
         self._epoch_iter = None
         self._skipped_before = 0
 
@@ -141,7 +168,8 @@ class RankBatches:
         self.step += 1
         per_rank = x.shape[0] // self.world_size
         part = slice(self.rank * per_rank, (self.rank + 1) * per_rank)
-        return {"images": x[part], "cond": y[part]}
+        cond = y[part] if self._class_caption_tokens is None else self._class_caption_tokens[y[part]]
+        return {"images": x[part], "cond": cond}
 
     def _next_shard_batch(self) -> dict:
         while True:
@@ -152,6 +180,10 @@ class RankBatches:
                 break
             self._epoch_iter = None  # epoch finished: the loader moved to the next one
         n = len(batch["keys"])
+        if self._tokenizer is not None:  # the reader skipped samples without a caption
+            cond = self._tokenizer.encode_batch(batch["txt"]) if n else torch.empty(0, self._tokenizer.length, dtype=torch.long)
+        else:
+            cond = batch.get("cond", torch.full((n,), -1))
         if "latents" in batch:
-            return {"latents": batch["latents"], "cond": batch.get("cond", torch.full((n,), -1))}
-        return {"images": to_unit_range(batch["images"]), "cond": batch.get("cond", torch.full((n,), -1))}
+            return {"latents": batch["latents"], "cond": cond}
+        return {"images": to_unit_range(batch["images"]), "cond": cond}

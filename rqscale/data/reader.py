@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.tariterators import base_plus_ext
 
 from rqscale.config import ConfigError
 from rqscale.data.latents import LATENT_FIELD, latent_from_bytes
@@ -133,15 +134,21 @@ def _parse_entry(data: bytes, size: int) -> Optional[dict]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
             for member in tar:
-                key, _, field = member.name.partition(".")
-                samples.setdefault(key, {"__key__": key})[field] = tar.extractfile(member).read()
+                if not member.isreg():  # a directory or link entry holds no field
+                    continue
+                key, field = base_plus_ext(member.name)  # webdataset's own grouping rule, so both agree on samples
+                if key is None:  # a member without an extension is no field either (webdataset skips it too)
+                    continue
+                samples.setdefault(key, {"__key__": key})[field.lower()] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError):  # a damaged header, or data that ends inside a member
         return None
     return next(iter(samples.values())) if len(samples) == 1 else None
 
 
-def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator], latent_shape=None, flip: bool = True) -> dict:
-    """One raw sample -> {"key", "image" (uint8) or "latent", "cls"?, "txt"?}; BadSample if its data is bad."""
+def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator], latent_shape=None, flip: bool = True,
+                  need_text: bool = False) -> dict:
+    """One raw sample -> {"key", "image" (uint8) or "latent", "cls"?, "txt"?}; BadSample if its data is bad,
+    or if `need_text` (a text-conditional run) and it has no caption."""
     sample = {"key": raw["__key__"]}  # _parse_tar names every sample
     if latent_shape is not None:
         sample["latent"] = _decode_latent(raw, latent_shape)
@@ -149,7 +156,7 @@ def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator]
         sample["image"] = _decode_image(raw, resolution, rng, flip)  # made float per batch in collate
     if "cls" in raw:
         sample["cls"] = _decode_label(raw)
-    if "txt" in raw:
+    if "txt" in raw or need_text:
         sample["txt"] = _decode_text(raw)
     return sample
 
@@ -192,7 +199,7 @@ def _decode_label(raw: dict) -> int:
 
 def _decode_text(raw: dict) -> str:
     try:
-        return raw["txt"].decode()
+        return _field(raw, "txt").decode()
     except UnicodeDecodeError as exc:
         raise BadSample(raw["__key__"], f"caption is not UTF-8 ({exc.reason})") from None
 
@@ -210,13 +217,14 @@ class ShardReader(IterableDataset):
     {"batch": g, "samples": [decoded...], "bad": unreadable samples skipped, "problems": [(key, reason)]}."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, epoch: int,
-                 resolution: int, train: bool = True, start_batch: int = 0, drop_last: bool = False, flip: bool = True):
+                 resolution: int, train: bool = True, start_batch: int = 0, drop_last: bool = False, flip: bool = True,
+                 need_text: bool = False):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks")
         self.order = EpochOrder(shards, seed, epoch)
         self.global_batch, self.rank, self.world_size = global_batch, rank, world_size
         self.seed, self.epoch, self.resolution, self.train = seed, epoch, resolution, train
-        self.start_batch, self.drop_last, self.flip = start_batch, drop_last, flip
+        self.start_batch, self.drop_last, self.flip, self.need_text = start_batch, drop_last, flip, need_text
 
     @property
     def num_batches(self) -> int:
@@ -247,7 +255,7 @@ class ShardReader(IterableDataset):
                     if raw is None:
                         raise BadSample(f"{posixpath.basename(shard.url)}#{first + j}", "tar entry unreadable: corrupt header or shard cut short")
                     rng = np.random.default_rng([self.seed, self.epoch, run_start + j]) if self.train else None
-                    samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape, self.flip))
+                    samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape, self.flip, self.need_text))
                 except BadSample as exc:
                     bad += 1
                     problems.append((exc.key, exc.reason))
@@ -262,20 +270,21 @@ def collate(samples: list) -> dict:
     batch[name] = torch.stack([s[field] for s in samples]) if samples else torch.empty(0)
     if samples and "cls" in samples[0]:
         batch["cond"] = torch.tensor([s.get("cls", -1) for s in samples])  # -1: no label, as in pipeline.py
-    if samples and "txt" in samples[0]:
-        batch["txt"] = [s["txt"] for s in samples]
+    if any("txt" in s for s in samples):
+        batch["txt"] = [s.get("txt", "") for s in samples]  # "": no caption (a text run skips such samples instead)
     return batch
 
 
 class ResumableLoader:
     """Iterates a rank's batches across epochs; state_dict() is exact at every yielded batch.
     Batches: {"keys", "images" (uint8, B x 3 x R x R) or "latents" (float), "cond"?, "txt"?}.
-    `num_classes`: labels must lie in 0..num_classes-1 (a class-conditional model), else ConfigError."""
+    `num_classes`: labels must lie in 0..num_classes-1 (a class-conditional model), else ConfigError.
+    `need_text`: a sample without a caption is skipped and counted (a text-conditional model)."""
 
     def __init__(self, shards: list, global_batch: int, rank: int, world_size: int, seed: int, resolution: int,
                  loader_workers: int = 0, max_bad_samples: int = 0, train: bool = True, drop_last: bool = False,
-                 flip: bool = True, num_classes: Optional[int] = None):
-        self.drop_last, self.flip, self.num_classes = drop_last, flip, num_classes
+                 flip: bool = True, num_classes: Optional[int] = None, need_text: bool = False):
+        self.drop_last, self.flip, self.num_classes, self.need_text = drop_last, flip, num_classes, need_text
         self.shards, self.global_batch, self.rank, self.world_size = shards, global_batch, rank, world_size
         self.seed, self.resolution, self.loader_workers, self.train = seed, resolution, loader_workers, train
         self.max_bad_samples = max_bad_samples
@@ -293,12 +302,18 @@ class ResumableLoader:
 
     def _reader(self) -> ShardReader:
         return ShardReader(self.shards, self.global_batch, self.rank, self.world_size, self.seed, self.epoch,
-                           self.resolution, self.train, start_batch=self.next_batch, drop_last=self.drop_last, flip=self.flip)
+                           self.resolution, self.train, start_batch=self.next_batch, drop_last=self.drop_last, flip=self.flip,
+                           need_text=self.need_text)
 
     def epoch_batches(self):
         """The rest of the current epoch, as collated batches; the state advances with each one."""
         reader = self._reader()  # loader workers with no batch left simply finish: nothing waits on them
-        loader = DataLoader(reader, batch_size=None, num_workers=self.loader_workers, collate_fn=lambda x: x)
+        # Its own generator: a DataLoader draws a base seed from the one it is given when each epoch's iterator
+        # starts, by default from torch's global RNG, which the training step draws from too (dropout, stochastic
+        # codes). A resumed run starts an iterator at another point of that stream than an uninterrupted one,
+        # and every later draw would differ. The reader's randomness comes from numpy, seeded by sample position.
+        loader = DataLoader(reader, batch_size=None, num_workers=self.loader_workers, collate_fn=lambda x: x,
+                            generator=torch.Generator())
         for item in loader:
             self._count_bad(item["bad"], item["problems"])
             self._check_labels(item["samples"])  # here, not in a loader worker, so ConfigError arrives as itself

@@ -1,7 +1,15 @@
-"""Caption tokens for text-conditional models: a `tokenizers` BPE file, padded to a fixed length."""
+"""Caption tokens for text-conditional models: a `tokenizers` BPE file, padded to a fixed length.
+
+Captions are lowercased, tokenized, cut to the model's text length keeping the first tokens, and
+right-padded with [PAD] (id 0 in data_prep.tokenizer's files): the reference's CC-3M text pipeline
+(ref: rqvae/txtimg_datasets, truncation keeps the start, padding on the right, no BOS/EOS). Training
+and sampling cut a long caption the same way; sampling also warns (rqscale.sampling.generate).
+"""
 from __future__ import annotations
 
+import functools
 import os
+from typing import Sequence
 
 import torch
 
@@ -15,15 +23,46 @@ class CaptionTokenizer:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"tokenizer file not found: '{path}' (set stage2.tokenizer to a tokenizer.json)")
         self.tokenizer = Tokenizer.from_file(path)
-        self.tokenizer.no_truncation()  # a caption that is too long must be an error here, not cut
+        self.tokenizer.no_truncation()  # cut here, so that token_count() sees the whole caption
         self.tokenizer.no_padding()
         self.length = length
         pad = self.tokenizer.token_to_id(PAD_TOKEN)
         self.pad_id = 0 if pad is None else pad
 
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def ids(self, text: str) -> list:
+        """All of the caption's token ids, uncut."""
+        return self.tokenizer.encode(text.lower()).ids
+
+    def token_count(self, text: str) -> int:
+        return len(self.ids(text))
+
+    def _fixed(self, ids: list) -> list:
+        ids = ids[: self.length]  # ref: the first `length` tokens are kept
+        return ids + [self.pad_id] * (self.length - len(ids))
+
     def encode(self, text: str) -> torch.Tensor:
-        """Token ids (length,), padded with [PAD]; a caption longer than `length` is an error."""
-        ids = self.tokenizer.encode(text.lower()).ids
-        if len(ids) > self.length:
-            raise ValueError(f"text has {len(ids)} tokens, more than the model's {self.length}: shorten it")
-        return torch.tensor(ids + [self.pad_id] * (self.length - len(ids)), dtype=torch.long)
+        """Token ids (length,): the first `length` tokens, padded with [PAD]."""
+        return torch.tensor(self._fixed(self.ids(text)), dtype=torch.long)
+
+    def encode_batch(self, texts: Sequence[str]) -> torch.Tensor:
+        """(len(texts), length) token ids, one row per caption, as encode() gives them."""
+        encoded = self.tokenizer.encode_batch([t.lower() for t in texts])
+        return torch.tensor([self._fixed(e.ids) for e in encoded], dtype=torch.long).view(len(texts), self.length)
+
+
+def tokenizer_of(cfg) -> CaptionTokenizer:
+    """The tokenizer a text-conditional config names (stage2.tokenizer), loaded once per process."""
+    if not cfg.stage2.tokenizer:
+        raise ValueError("a text-conditional model needs a tokenizer: stage2.tokenizer names none")
+    from rqscale.data.file_cache import local_copy
+
+    return _load(local_copy(cfg.stage2.tokenizer), cfg.stage2.model.text_length)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(path: str, length: int) -> CaptionTokenizer:
+    return CaptionTokenizer(path, length)

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from rqscale.data.file_cache import local_copy, object_checksum
+from rqscale.data.storage import is_s3
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's port of the TF FID graph
 
 
@@ -35,7 +38,11 @@ class ExtractorSpec:
     path: str
 
     def check(self) -> "ExtractorSpec":
-        """A missing file is an error naming it and how to provide it, before any other work."""
+        """A missing file is an error naming it and how to provide it, before any other work. An s3:// file
+        is checked to exist here and fetched into each node's cache where it is loaded."""
+        if is_s3(self.path):
+            object_checksum(self.path)  # FileNotFoundError naming the URL
+            return self
         if os.path.isfile(self.path):
             return self
         if self.kind == "inception":
@@ -48,9 +55,10 @@ class ExtractorSpec:
 
     def identity(self) -> str:
         """Names the extractor in cache keys and reports: file name + size for Inception, content hash otherwise."""
+        path = local_copy(self.path)
         if self.kind == "inception":
-            return f"inception-v3-compat:{os.path.basename(self.path)}:{os.path.getsize(self.path)}"
-        with open(self.path, "rb") as f:
+            return f"inception-v3-compat:{os.path.basename(path)}:{os.path.getsize(path)}"
+        with open(path, "rb") as f:
             return f"torchscript:{hashlib.sha256(f.read()).hexdigest()[:16]}"
 
 
@@ -94,7 +102,8 @@ class ScriptedExtractor(nn.Module):
 
 def load_extractor(spec: ExtractorSpec, device: str = "cpu") -> nn.Module:
     spec.check()
-    net = InceptionExtractor(spec.path) if spec.kind == "inception" else ScriptedExtractor(spec.path)
+    path = local_copy(spec.path)
+    net = InceptionExtractor(path) if spec.kind == "inception" else ScriptedExtractor(path)
     return net.to(device).eval()
 
 

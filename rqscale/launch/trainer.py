@@ -34,7 +34,7 @@ __all__ = ["FatalRunError", "RaySession", "build_trainer", "launch", "train_fn",
 
 # Passed to workers on a cluster (a local Ray's workers inherit the whole environment anyway).
 # Never credentials: on a cluster those come from the nodes' instance role.
-FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "RQSCALE_RUNS")
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "RQSCALE_RUNS", "RQSCALE_CACHE")
 
 
 def _deterministic_errors() -> tuple:

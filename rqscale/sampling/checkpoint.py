@@ -13,6 +13,8 @@ import os
 import torch
 
 from rqscale.config import Config, from_yaml_text, to_yaml
+from rqscale.data.file_cache import local_copy
+from rqscale.data.storage import is_s3
 from rqscale.models import RQVAE, RQTransformer
 from rqscale.utils.safe_load import load_plain
 
@@ -28,7 +30,12 @@ def save_consolidated(path: str, cfg: Config, rqvae: RQVAE, model: RQTransformer
 
 
 def _read_state(path: str, **load_args) -> dict:
-    """The checkpoint's dict; a missing or foreign file is a clear error."""
+    """The checkpoint's dict (an s3:// one from this node's cache); a missing or foreign file is a clear error."""
+    if is_s3(path):
+        try:
+            path = local_copy(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint not found: '{path}' (expected the rqtransformer.pt a stage-2 run writes)") from None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: '{path}' (expected the rqtransformer.pt a stage-2 run writes)")
     state = load_plain(path, **load_args)  # strings, dicts and tensors only: nothing in it runs

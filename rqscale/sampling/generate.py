@@ -7,16 +7,18 @@ sample_images() on whichever worker runs it.
 """
 from __future__ import annotations
 
-import functools
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 
+from rqscale.data.text import tokenizer_of
 from rqscale.sampling.checkpoint import load_consolidated
 from rqscale.sampling.filters import SamplingParams
 from rqscale.sampling.rejection import candidates_needed, load_classifier, select
 from rqscale.sampling.request import SampleRequest
+from rqscale.sampling.rerank import best_of, clip_scorer, repeated
 from rqscale.sampling.sampler import sample_codes
 
 
@@ -37,28 +39,28 @@ def planned_conditions(request: SampleRequest, cfg, count: int) -> tuple[Optiona
         return cycled(request.class_labels, count), None
     if kind == "text":
         if not request.captions:
-            raise ValueError("this model is text-conditional: pass --text \"...\"")
-        tokenizer = caption_tokenizer(cfg)
-        for caption in request.captions:
-            tokenizer.encode(caption)  # a caption longer than the model's text length is an error now
+            raise ValueError("this model is text-conditional: pass --text \"...\" or --captions FILE")
+        warn_long_captions(request.captions, tokenizer_of(cfg))
         return None, cycled(request.captions, count)
     if request.class_labels or request.captions:
         raise ValueError("this model is unconditional: drop --class-label / --text")
     return None, None
 
 
-def caption_tokenizer(cfg):
-    """The tokenizer the checkpoint's config names, loaded once per process."""
-    if not cfg.stage2.tokenizer:
-        raise ValueError("the checkpoint's config names no tokenizer (stage2.tokenizer)")
-    return _tokenizer(cfg.stage2.tokenizer, cfg.stage2.model.text_length)
+LONG_CAPTIONS_NAMED = 3  # a caption file of thousands may hold many: the first few are named, the rest counted
 
 
-@functools.lru_cache(maxsize=1)
-def _tokenizer(path: str, length: int):
-    from rqscale.data.text import CaptionTokenizer
-
-    return CaptionTokenizer(path, length)
+def warn_long_captions(captions: Sequence[str], tokenizer) -> None:
+    """A warning line for each of the first few captions longer than the model's text length, which are
+    cut as training cuts them, and one line counting the rest."""
+    counts = {caption: tokenizer.token_count(caption) for caption in dict.fromkeys(captions)}
+    long = [(caption, n) for caption, n in counts.items() if n > tokenizer.length]
+    for caption, n in long[:LONG_CAPTIONS_NAMED]:
+        print(f"rqscale: warning: caption {caption[:60]!r} has {n} tokens; the model reads its first {tokenizer.length}, "
+              "as training does", file=sys.stderr)
+    if len(long) > LONG_CAPTIONS_NAMED:
+        print(f"rqscale: warning: {len(long) - LONG_CAPTIONS_NAMED} more captions are longer than {tokenizer.length} tokens "
+              "and are cut the same way", file=sys.stderr)
 
 
 def condition_tensor(cfg, labels: Optional[Sequence[int]], captions: Optional[Sequence[str]], device) -> Optional[torch.Tensor]:
@@ -67,9 +69,7 @@ def condition_tensor(cfg, labels: Optional[Sequence[int]], captions: Optional[Se
     if kind == "class":
         return torch.tensor(labels, dtype=torch.long, device=device)
     if kind == "text":
-        tokenizer = caption_tokenizer(cfg)
-        tokens = {caption: tokenizer.encode(caption) for caption in set(captions)}  # one caption is often all of them
-        return torch.stack([tokens[caption] for caption in captions]).to(device)
+        return tokenizer_of(cfg).encode_batch(captions).to(device)
     return None
 
 
@@ -87,12 +87,17 @@ def sample_images(cfg, rqvae, model, params: SamplingParams, cond: Optional[torc
 
 
 def generate(request: SampleRequest, cfg, rqvae, model, count: int) -> tuple[torch.Tensor, np.ndarray]:
-    """(images, class labels (-1 for unconditional or text samples)) of `count` samples."""
+    """(images, class labels (-1 for unconditional or text samples)) of `count` samples; with
+    request.rerank = N > 1, each is the best of N candidates of its caption by CLIP similarity."""
     params = request.params.resolve(model.depth_codes, model.num_codes)
     labels, captions = planned_conditions(request, cfg, count)
-    cond = condition_tensor(cfg, labels, captions, request.device)
+    n = request.rerank
+    candidates = repeated(captions, n) if n > 1 else captions
+    cond = condition_tensor(cfg, labels, candidates, request.device)
     gen = torch.Generator(device=request.device).manual_seed(request.seed)
-    images = sample_images(cfg, rqvae, model, params, cond, count, request.batch_size, gen)
+    images = sample_images(cfg, rqvae, model, params, cond, count * n, request.batch_size, gen)
+    if n > 1:
+        images, _ = best_of(images, candidates, n, clip_scorer(request.clip_model, request.device))
     return images, (np.asarray(labels, dtype=np.int64) if labels else np.full(count, -1))
 
 

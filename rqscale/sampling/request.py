@@ -3,7 +3,7 @@ and the generating modes of `python -m rqscale.evaluate` share, built by each fr
 
 A SampleRequest is checked when it is made, before any checkpoint is read. Its errors name the
 command-line flag of the field (field `top_p` is `--top-p`, `class_labels` is `--class-label`,
-`captions` is rqscale.sample's `--text`), since both CLIs print them as they are.
+`captions` is rqscale.sample's `--text` or `--captions`), since both CLIs print them as they are.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ class SampleRequest:
     device: str = "cpu"
     classifier: Optional[str] = None  # rejection sampling (class models): TorchScript or .pt2 classifier
     acceptance_rate: float = 1.0  # with `classifier`: the fraction of candidates kept
+    rerank: int = 1  # text models: keep the best of this many candidates per sample by CLIP similarity (B.5: 16)
+    clip_model: Optional[str] = None  # with rerank > 1: a local CLIP directory (transformers save_pretrained)
 
     def __post_init__(self):
         object.__setattr__(self, "class_labels", tuple(self.class_labels))  # frozen: a caller's list cannot change it
@@ -37,6 +39,7 @@ class SampleRequest:
         if self.class_labels and self.captions:
             raise ValueError("condition on class labels (--class-label) or on captions (--text), not both")
         self._check_rejection()
+        self._check_rerank()
 
     def _check_rejection(self) -> None:
         if not 0.0 < self.acceptance_rate <= 1.0:
@@ -44,12 +47,25 @@ class SampleRequest:
         if self.acceptance_rate < 1.0 and not self.classifier:
             raise ValueError("--acceptance-rate below 1 needs --classifier PATH")
 
+    def _check_rerank(self) -> None:
+        if self.rerank < 1:
+            raise ValueError(f"--rerank must be >= 1 (1 = no re-ranking), got {self.rerank}")
+        if self.rerank > 1 and not self.clip_model:
+            raise ValueError("--rerank N needs --clip-model DIR, the local CLIP model that scores the candidates")
+        if self.rerank > 1:
+            from rqscale.eval.clip_score import check_clip_dir
+
+            check_clip_dir(self.clip_model)
+
     def check_model(self, cfg) -> None:
         """Errors that depend on what the checkpoint's model (its config `cfg`) can do."""
         m = cfg.stage2.model
         if self.classifier and m.condition != "class":
             raise ValueError("--classifier (rejection sampling) needs a class-conditional model: it keeps the samples "
                              "the classifier finds most likely to be their class")
+        if self.rerank > 1 and m.condition != "text":
+            raise ValueError("--rerank (CLIP re-ranking) needs a text-conditional model: it keeps the candidate whose "
+                             "image CLIP finds closest to its caption")
         if self.params.cfg_scale != 1.0 and m.cond_dropout == 0:
             raise ValueError("--cfg-scale needs a model trained with stage2.model.cond_dropout > 0: this one never "
                              "learned its null condition")

@@ -5,6 +5,7 @@ Used by tests and by anyone training without Ray; `python -m rqscale.train` laun
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from rqscale.config import Config, ConfigError
@@ -20,11 +21,29 @@ def run_dir_of(cfg: Config) -> str:
 
 
 def check_runnable(cfg: Config) -> None:
-    """What this build cannot run yet, refused with the key to change."""
-    if cfg.run.init_from and cfg.run.init_from.startswith("s3://"):
-        raise ConfigError("run.init_from", "s3:// weights are not readable in this build yet", "copy the file locally and point run.init_from at it")
+    """What this build cannot run, refused with the key to change, before any worker starts; a text
+    config's tokenizer and captions are checked here too (reading the first sample of the shards)."""
+    check_remote_files(cfg)
     if cfg.stage == "stage2" and cfg.stage2.model.condition == "text":
-        raise ConfigError("stage2.model.condition", "text-conditional training is not part of this build yet", "use condition class or none")
+        from rqscale.data.pipeline import check_text_setup
+
+        check_text_setup(cfg)
+
+
+REMOTE_FILE_KEYS = ("run.init_from", "stage2.rqvae_checkpoint", "stage2.tokenizer")
+
+
+def check_remote_files(cfg: Config) -> None:
+    """Every s3:// weights file the run will load exists: a missing object is named here, not in a worker."""
+    from rqscale.data.file_cache import object_checksum
+
+    for key in REMOTE_FILE_KEYS:
+        url = functools.reduce(getattr, key.split("."), cfg)
+        if url and url.startswith("s3://"):
+            try:
+                object_checksum(url)
+            except FileNotFoundError:
+                raise ConfigError(key, f"there is no object at '{url}'", f"upload the file there or point {key} at it") from None
 
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict:

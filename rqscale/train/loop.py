@@ -37,7 +37,7 @@ from rqscale.utils.peak import resolve_peak
 # inject faults (rqscale/bench/faults.py). `fresh` is False in an attempt that resumed a checkpoint.
 StepHook = Callable[..., None]
 PROGRESS_KEYS = {"stage1": ("g/recon", "g/commit", "g/lpips", "g/code_usage", "lr"),
-                 "stage2": ("loss", "depth1", "grad_norm", "lr")}
+                 "stage2": ("loss", "depth1", "text", "grad_norm", "lr")}  # text: text models only
 
 
 def run_uri_of(cfg: Config) -> str:

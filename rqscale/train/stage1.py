@@ -6,10 +6,11 @@ from __future__ import annotations
 import torch
 
 from rqscale.config import ConfigError
+from rqscale.data.file_cache import local_copy
 from rqscale.utils.images import save_grid
 
 def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(local_copy(path), map_location="cpu", weights_only=True)  # s3://: this node's cached copy
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(key, f"'{path}' does not match this RQ-VAE (missing {missing[:3]}, unexpected {unexpected[:3]})",

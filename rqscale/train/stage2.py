@@ -82,11 +82,12 @@ def sample_picture(task: Stage2Task, path: str, seed: int, per_row: int = 8,
 
 def _save_arrays(rows: list, conds: list, labels: list, path: str) -> None:
     """The picture's samples for programs: images (N, H, W, 3) uint8 row by row, each sample's row
-    label, and its class (-1 when the row is not a class)."""
+    label, its class (-1 when the row is not a class) and, for caption rows, its caption."""
     per_row = rows[0].shape[0]
     classes = [int(c[0]) if c is not None and c.dim() == 1 else -1 for c in conds]
+    text = {"captions": np.repeat(np.array(labels), per_row)} if any(c is not None and c.dim() == 2 for c in conds) else {}
     np.savez(path, images=np.concatenate([to_uint8(r) for r in rows]), labels=np.repeat(np.array(labels), per_row),
-             classes=np.repeat(np.array(classes), per_row))
+             classes=np.repeat(np.array(classes), per_row), **text)
 
 
 def picture_sampling(cfg: Config) -> SamplingParams:
@@ -97,14 +98,19 @@ def picture_sampling(cfg: Config) -> SamplingParams:
 
 
 def run_picture(task: Stage2Task, cfg: Config, path: str) -> str:
-    """The run's sample picture (and its .npz): rows named by the data's classes, cfg's sampling."""
-    from rqscale.data.pipeline import class_names_of
+    """The run's sample picture (and its .npz): rows named by the data's classes or captions, cfg's sampling."""
+    from rqscale.data.pipeline import class_names_of, picture_captions
+    from rqscale.data.text import tokenizer_of
 
     m = task.model.cfg
     names = class_names_of(cfg) if m.condition == "class" else None
     if names is not None and len(names) < min(10, m.num_classes):  # the data names fewer classes than the model has
         names = None
-    return sample_picture(task, path, seed=cfg.run.seed, class_names=names, params=picture_sampling(cfg))
+    captions = None
+    if m.condition == "text":
+        texts = picture_captions(cfg)
+        captions = list(zip(texts, tokenizer_of(cfg).encode_batch(texts)))
+    return sample_picture(task, path, seed=cfg.run.seed, class_names=names, params=picture_sampling(cfg), captions=captions)
 
 
 def _row_conditions(cfg, n: int, class_names, captions) -> tuple[list[str], list]:

@@ -240,3 +240,14 @@ def test_damaged_tar_headers_and_cut_shards_cost_only_the_samples_they_touch(tmp
     assert len(keys) == 37 and ok.state_dict()["bad_samples_total"] == 3
     assert sorted(k for k, _ in ok.state_dict()["bad_examples"]) == ["shard-000001.tar#4", "shard-000002.tar#8", "shard-000002.tar#9"]
     assert {"digit00014", "digit00028", "digit00029"}.isdisjoint(keys) and "digit00015" in keys
+
+
+def test_reading_leaves_torch_s_global_rng_alone(digit_shards):
+    """Training draws dropout and stochastic codes from torch's global RNG, which a checkpoint saves. If
+    starting an epoch's iterator drew from it (a DataLoader's base seed), a resumed run, which starts one
+    at another point of the stream, would continue with other random numbers than an uninterrupted run."""
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    next(loader(digit_shards).epoch_batches())
+    assert torch.equal(torch.rand(4), expected)

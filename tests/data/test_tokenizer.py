@@ -3,7 +3,7 @@ import pytest
 import subprocess
 import sys
 
-from data_prep.demo import DIGIT_WORDS
+from rqscale.data.bundled import DIGIT_WORDS
 from data_prep.tokenizer import train_tokenizer
 from rqscale.data.text import CaptionTokenizer
 from tests.conftest import REPO

@@ -118,7 +118,19 @@ def test_clip_score_of_a_text_model(text_model, tmp_path):
              "--local", "--out", str(tmp_path / "clip.json"))
     report = json.loads((tmp_path / "clip.json").read_text())
     assert finite(report, "clip_score", "clip_cosine") and report["clip_score"] >= 0 and report["num_samples"] == 6
-    assert report["clip_cosine"] == pytest.approx(report["clip_score"] / 100)
+    assert report["clip_score"] == pytest.approx(100 * max(report["clip_cosine"], 0.0))  # torchmetrics' convention
+
+
+def test_fid_and_clip_score_of_caption_conditioned_samples(text_model, demo, tmp_path):
+    """One samples run of a text model against the validation shards: FID (here with the small extractor)
+    and Table 3's CLIP score of the same caption-conditioned samples."""
+    checkpoint, captions, clip_dir = text_model
+    evaluate("samples", "--checkpoint", checkpoint, "--captions", captions, "--clip-model", clip_dir, "--num-samples", "20",
+             "--reference", demo["digits"], "--num-reference", "200", "--feature-extractor", demo["extractor"],
+             "--cache-dir", demo["cache"], "--local", "--chunk-size", "10", "--out", str(tmp_path / "t2i.json"))
+    report = json.loads((tmp_path / "t2i.json").read_text())
+    assert finite(report, "fid", "clip_cosine", "clip_score") and report["num_samples"] == 20
+    assert -1.0 <= report["clip_cosine"] <= 1.0
 
 
 def run_main(capsys, *args) -> tuple:

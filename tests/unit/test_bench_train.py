@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rqscale.bench import official as baseline
+from rqscale.bench.common import interleaved
 from rqscale.bench.train import MasterWeights, report
 from rqscale.config import load
 from rqscale.models import RQTransformer
@@ -39,6 +40,23 @@ def test_train_benchmark_reports_rates_overhead_and_mfu():
     assert "framework overhead" in done.stdout and "MFU vs bf16 peak" in done.stdout
     assert "official" not in r  # no baseline asked for
     assert "not measured here" in report(r)  # without recovery_s
+
+
+@pytest.mark.slow
+def test_a_text_config_is_timed_beside_its_class_twin():
+    done = subprocess.run([sys.executable, "-m", "rqscale.bench", "train", "--config", DEBUG_STAGE2, "--warmup", "1",
+                           "--repeats", "2", "--allocators", "retained", "--no-autocast", "stage2.model.condition=text",
+                           "stage2.model.text_length=16", "stage2.model.text_vocab=512"],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(done.stdout.strip().splitlines()[-1])
+    c = r["text_vs_class"]
+    assert r["condition"] == "text" and r["text_length"] == 16
+    assert c["text"]["gflop_per_sample"] > c["class"]["gflop_per_sample"] and c["flop_ratio"] > 1.0
+    for name in ("text", "class"):
+        assert len(c[name]["step_times_s"]) == 2 and 0 < c[name]["mfu"] < 1.5
+    assert c["cost_ratio"] == c["text"]["step_s"] / c["class"]["step_s"]
+    assert "text step / class step: measured" in done.stdout and "FLOPs predict" in done.stdout
 
 
 def test_master_weights_step_fp32_masters_and_round_into_bf16_copies():
@@ -105,7 +123,7 @@ def test_official_cli_refuses_a_bad_directory_in_one_line(tmp_path):
 def test_interleaved_timing_rotates_the_first_contender_and_cycles_batches():
     calls = []
     steps = {name: (lambda n: lambda batch, i: calls.append((n, batch, i)))(name) for name in "abc"}
-    times = baseline.interleaved(steps, {"a": [0, 1], "b": [0, 1], "c": [7]}, warmup=1, repeats=3)
+    times = interleaved(steps, {"a": [0, 1], "b": [0, 1], "c": [7]}, warmup=1, repeats=3)
     assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
     assert [n for n, _, _ in calls[3:]] == list("abc" + "bca" + "cab")
     assert [(b, i) for n, b, i in calls if n == "a"] == [(0, 0), (1, 1), (0, 2), (1, 3)]
