@@ -100,7 +100,7 @@ def main(argv=None) -> int:
 
 
 def summary(report: dict) -> str:
-    keys = ("fid", "is", "precision", "recall", "clip_score", "rfid")
+    keys = ("fid", "is", "precision", "recall", "clip_cosine", "clip_score", "rfid")
     parts = [f"{k} {report[k]:.4g}" for k in keys if isinstance(report.get(k), float)]
     if "rfid_depth" in report:
         parts.append("rfid per depth " + " ".join(f"{v:.4g}" for v in report["rfid_depth"]))

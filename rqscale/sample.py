@@ -11,6 +11,10 @@ caption per line, one image per line in file order (blank lines are skipped); --
 omitted or must equal the number of captions. A caption longer than the model's text length is cut as
 training cuts it, with a warning. `--rerank N --clip-model DIR` keeps, for each sample, the best of N
 candidates of its caption by CLIP similarity (B.5 uses 16), scored by a local CLIP model.
+
+A contextual checkpoint (stage2.model.kind=contextual) is decoded by Draft-and-Revise: --draft-steps,
+--revise-steps and --revise-iterations override its stage2.sampling schedule; the sampling flags above
+set the revise phase (the draft is drawn at temperature 1 without guidance, supplement A.4).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import sys
 import numpy as np
 import torch
 
+from rqscale.data.text import read_caption_file
 from rqscale.sampling.checkpoint import read_config
 from rqscale.sampling.flags import add_sampling_args, sampling_fields
 from rqscale.sampling.generate import cycled, sample
@@ -41,6 +46,10 @@ def parse_args(argv):
     p.add_argument("--rerank", type=int, default=1, metavar="N",
                    help="text models: best of N candidates per sample by CLIP similarity (B.5 uses 16; needs --clip-model)")
     p.add_argument("--clip-model", help="local CLIP directory (transformers save_pretrained) that scores --rerank candidates")
+    dr = p.add_argument_group("contextual models (Draft-and-Revise); unset: the checkpoint's stage2.sampling")
+    dr.add_argument("--draft-steps", type=int, help="T_draft: groups the draft phase fills one after another")
+    dr.add_argument("--revise-steps", type=int, help="T_revise: groups of each revision")
+    dr.add_argument("--revise-iterations", type=int, help="M: revisions after the draft")
     p.add_argument("--out", required=True)
     p.set_defaults(temperature=None, top_k=None, top_p=None, cfg_scale=None)  # unset: the checkpoint's stage2.sampling
     return p.parse_args(argv)
@@ -57,24 +66,10 @@ def with_checkpoint_sampling(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def read_caption_file(path: str) -> tuple[str, ...]:
-    """The non-blank lines of a caption file, in order; an empty file is refused."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            captions = tuple(line.strip() for line in f if line.strip())
-    except OSError as exc:
-        raise ValueError(f"--captions: cannot read '{path}': {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"--captions: '{path}' is not UTF-8 text") from None
-    if not captions:
-        raise ValueError(f"--captions: '{path}' holds no caption: write one caption per line")
-    return captions
-
-
 def captions_and_count(args: argparse.Namespace) -> tuple[tuple[str, ...], int]:
     """(captions, number of samples) the flags ask for."""
     if args.captions:
-        captions = read_caption_file(args.captions)
+        captions = tuple(read_caption_file(args.captions))
         if args.num_samples not in (None, len(captions)):
             raise ValueError(f"--num-samples {args.num_samples} differs from the {len(captions)} captions in {args.captions}: "
                              "omit --num-samples to draw one image per caption")
@@ -89,7 +84,8 @@ def request_of(args: argparse.Namespace) -> SampleRequest:
     captions, count = captions_and_count(args)
     return SampleRequest(args.checkpoint, count, class_labels=tuple(args.class_label or ()), captions=captions,
                          classifier=args.classifier, acceptance_rate=args.acceptance_rate, rerank=args.rerank,
-                         clip_model=args.clip_model, **sampling_fields(args))
+                         clip_model=args.clip_model, draft_steps=args.draft_steps, revise_steps=args.revise_steps,
+                         revise_iterations=args.revise_iterations, **sampling_fields(args))
 
 
 def write_outputs(out: str, images: torch.Tensor, labels: np.ndarray, captions: tuple = ()) -> None:
@@ -114,6 +110,7 @@ def write_outputs(out: str, images: torch.Tensor, labels: np.ndarray, captions: 
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        captions_and_count(args)  # the caption flags first: nothing is read from the checkpoint for a bad request
         request = request_of(with_checkpoint_sampling(args))
         images, labels = sample(request)
     except (ValueError, FileNotFoundError) as exc:

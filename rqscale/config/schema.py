@@ -80,6 +80,7 @@ class Stage1Config:
 class RQTransformerConfig:
     """Spatial + depth transformers (Sec. 3.2.2, A.2). Defaults: the ImageNet 821M row of Table A.1."""
 
+    kind: str = "ar"  # ar: RQ-Transformer (CVPR 2022); contextual: Contextual RQ-Transformer (NeurIPS 2022)
     embed_dim: int = 1536  # n_e
     num_heads: int = 24
     spatial_layers: int = 24  # N_spatial
@@ -123,6 +124,12 @@ class SamplingConfig:
     # Text models: the captions of the run picture's rows (up to 10); empty: the first 10 distinct captions
     # of the held-out data (the bundled sets: their class captions, in label order).
     captions: List[str] = field(default_factory=list)
+    # Contextual models (Draft-and-Revise, Algorithm 2): T_draft groups drawn at temperature 1 without
+    # guidance, then M revisions of T_revise groups with the temperature and cfg_scale above (supplement
+    # A.4; defaults: ImageNet 821M, T_draft 64 from Sec. 4.1).
+    draft_steps: int = 64
+    revise_steps: int = 2
+    revise_iterations: int = 2
 
 
 @dataclass

@@ -9,6 +9,7 @@ from rqscale.config.schema import Config
 
 STAGES = ("stage1", "stage2")
 CONDITIONS = ("none", "class", "text")
+STAGE2_KINDS = ("ar", "contextual")  # rqscale.models.STAGE2_MODELS
 DATA_KINDS = ("bundled", "webdataset")
 BUNDLED_SETS = ("photos", "digits")
 OPTIMIZERS = ("adam", "adamw")
@@ -200,6 +201,8 @@ def _fraction(key: str, value: float) -> None:
 
 def _check_stage2(cfg: Config) -> None:
     m, loss, o = cfg.stage2.model, cfg.stage2.loss, cfg.stage2.optim
+    if m.kind not in STAGE2_KINDS:
+        raise ConfigError("stage2.model.kind", f"unknown model family '{m.kind}'", f"choose one of {', '.join(STAGE2_KINDS)}")
     for key in ("embed_dim", "num_heads", "spatial_layers", "depth_layers", "mlp_ratio", "num_classes", "text_vocab", "text_length"):
         _positive(f"stage2.model.{key}", getattr(m, key))
     if m.embed_dim % m.num_heads:
@@ -228,9 +231,21 @@ def _check_sampling(cfg: Config) -> None:
     if not 0.0 < sp.top_p <= 1.0:
         raise ConfigError("stage2.sampling.top_p", f"{sp.top_p} is outside (0, 1]", "set it in (0, 1], or 1.0 for off")
     _positive("stage2.sampling.cfg_scale", sp.cfg_scale, strict=False)
+    _check_draft_revise(cfg)
     if sp.cfg_scale != 1.0 and cfg.stage2.model.cond_dropout == 0:
         raise ConfigError("stage2.sampling.cfg_scale", "guidance needs a model that learned a null condition",
                           "set stage2.sampling.cfg_scale=1.0, or train with stage2.model.cond_dropout > 0")
+
+
+def _check_draft_revise(cfg: Config) -> None:
+    sp, (h, w, _) = cfg.stage2.sampling, cfg.rqvae.code_shape
+    for key in ("draft_steps", "revise_steps"):
+        value = getattr(sp, key)
+        if not 1 <= value <= h * w:
+            raise ConfigError(f"stage2.sampling.{key}", f"{value} groups for {h * w} positions",
+                              f"set it between 1 and {h * w} (each group updates positions / groups of them)")
+    if sp.revise_iterations < 0:
+        raise ConfigError("stage2.sampling.revise_iterations", f"{sp.revise_iterations} is negative", "set it to 0 or more")
 
 
 def _check_lpips_weights(cfg: Config) -> None:

@@ -6,6 +6,7 @@ caption's token ids (stage2.tokenizer, stage2.model.text_length), tokenized here
 bundled sets caption each image by its class (bundled.class_captions), as the demo shards do."""
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -44,6 +45,9 @@ def check_text_setup(cfg: Config) -> None:
     """Before any worker starts: the tokenizer fits the model's vocabulary, and the data carries captions
     (the first sample of the first shard is read; the bundled sets are captioned by class)."""
     tokenizer, m = tokenizer_of(cfg), cfg.stage2.model
+    if tokenizer.pad_id != 0:  # the null caption of guidance is all zeros (Stage2Task.condition, the samplers)
+        raise ConfigError("stage2.tokenizer", f"'{cfg.stage2.tokenizer}' pads with id {tokenizer.pad_id}, not 0",
+                          "use a tokenizer whose [PAD] is entry 0, as python -m data_prep.tokenizer writes")
     if tokenizer.vocab_size > m.text_vocab:
         raise ConfigError("stage2.model.text_vocab", f"the tokenizer '{cfg.stage2.tokenizer}' has {tokenizer.vocab_size} "
                           f"entries but the model embeds {m.text_vocab}", f"set stage2.model.text_vocab={tokenizer.vocab_size} (or more)")
@@ -93,10 +97,15 @@ def picture_captions(cfg: Config, rows: int = 10) -> list:
         return list(cfg.stage2.sampling.captions[:rows])
     if data_kind(cfg) == "bundled":
         return class_captions(cfg.data.bundled_set)[:rows]
-    shard = load_shards(cfg.data.shards)[0]
+    return list(_first_captions(cfg.data.shards))[:rows]
+
+
+@functools.lru_cache(maxsize=2)
+def _first_captions(manifest_url: str) -> tuple:
+    """The distinct captions among the first samples of the first shard, read once per process."""
+    shard = load_shards(manifest_url)[0]
     raws = read_run(shard, 0, min(shard.samples, PICTURE_CAPTION_SCAN))
-    captions = [raw["txt"].decode("utf-8", "replace") for raw in raws if "txt" in raw]
-    return list(dict.fromkeys(captions))[:rows]
+    return tuple(dict.fromkeys(raw["txt"].decode("utf-8", "replace") for raw in raws if "txt" in raw))
 
 
 class RankBatches:

@@ -157,7 +157,7 @@ def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator]
     if "cls" in raw:
         sample["cls"] = _decode_label(raw)
     if "txt" in raw or need_text:
-        sample["txt"] = _decode_text(raw)
+        sample["txt"] = _decode_text(raw, need_text)
     return sample
 
 
@@ -197,11 +197,16 @@ def _decode_label(raw: dict) -> int:
         raise BadSample(raw["__key__"], f"class label {raw['cls'][:20]!r} is not an integer") from None
 
 
-def _decode_text(raw: dict) -> str:
+def _decode_text(raw: dict, need_text: bool = False) -> str:
+    """The caption; in a text run an empty one is bad data too: it would tokenize to all [PAD], which is
+    the null caption classifier-free guidance learns from dropped captions."""
     try:
-        return _field(raw, "txt").decode()
+        text = _field(raw, "txt").decode()
     except UnicodeDecodeError as exc:
         raise BadSample(raw["__key__"], f"caption is not UTF-8 ({exc.reason})") from None
+    if need_text and not text.strip():
+        raise BadSample(raw["__key__"], "empty caption")
+    return text
 
 
 def check_label_range(low: int, high: int, num_classes: Optional[int]) -> None:

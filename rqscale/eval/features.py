@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from rqscale.data.file_cache import local_copy, object_checksum
+from rqscale.data.file_cache import local_copy, unreadable
 from rqscale.data.storage import is_s3
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # torch-fidelity's port of the TF FID graph
@@ -40,8 +40,10 @@ class ExtractorSpec:
     def check(self) -> "ExtractorSpec":
         """A missing file is an error naming it and how to provide it, before any other work. An s3:// file
         is checked to exist here and fetched into each node's cache where it is loaded."""
+        problem = unreadable(self.path) if is_s3(self.path) else None
+        if problem:
+            raise FileNotFoundError(f"{self.kind} weights not readable: {problem}")
         if is_s3(self.path):
-            object_checksum(self.path)  # FileNotFoundError naming the URL
             return self
         if os.path.isfile(self.path):
             return self

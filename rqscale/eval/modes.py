@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from rqscale.data.text import read_caption_file
 from rqscale.eval.chunks import ChunkJob, chunk_layout
 from rqscale.eval.driver import evaluate_jobs, plan_reference, run_jobs
 from rqscale.eval.features import resolve_spec
@@ -37,15 +38,7 @@ def checkpoint_config(path: str):
 
 
 def read_captions(path: str | None) -> list[str]:
-    if path is None:
-        return []
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"captions file not found: '{path}' (--captions wants one caption per line)")
-    with open(path) as f:
-        captions = [line.strip() for line in f if line.strip()]
-    if not captions:
-        raise ValueError(f"--captions file '{path}' has no caption")
-    return captions
+    return [] if path is None else read_caption_file(path)
 
 
 def conditioned(args, request: SampleRequest, cfg) -> SampleRequest:
@@ -120,9 +113,10 @@ def from_npz(args) -> dict:
         if "images" not in data or data["images"].ndim != 4 or data["images"].dtype != np.uint8:
             raise ValueError(f"'{args.samples_npz}' has no uint8 `images` (N x H x W x 3) as rqscale.sample writes")
         count, resolution = data["images"].shape[0], data["images"].shape[1]
-    captions = read_captions(args.captions)
+    captions = read_captions(args.captions) or npz_captions(args.samples_npz)
     if args.clip_model and not captions:
-        raise ValueError("--clip-model needs --captions FILE: the caption of each sample, in order")
+        raise ValueError("--clip-model needs the caption of each sample: a samples.npz with `captions` (rqscale.sample "
+                         "writes them for text models), or --captions FILE")
     captions = captions and cycled(captions, count)
     base = ChunkJob("npz", 0, 0, 0, device=args.device, extractor=spec, samples_npz=args.samples_npz, clip_model=args.clip_model)
     jobs = [replace(base, index=i, start=s, count=n, captions=captions and captions[s : s + n])
@@ -130,6 +124,12 @@ def from_npz(args) -> dict:
     ref = _reference(args, ref_manifest, spec, resolution, args.device)
     report = evaluate_jobs(jobs, ref, 1, True, args.device, args.pr_samples)
     return dict(report, **_run_info(args, spec, len(jobs), local=True), samples_npz=args.samples_npz)
+
+
+def npz_captions(path: str) -> list:
+    """The `captions` a samples.npz of a text model holds (one per image), or []."""
+    with np.load(path) as data:
+        return [str(c) for c in data["captions"]] if "captions" in data else []
 
 
 def _check_inputs(args):

@@ -1,5 +1,16 @@
 """Architectures only: no losses, parallelism or checkpointing."""
+from rqscale.models.contextual import ContextualOutput, ContextualRQTransformer
 from rqscale.models.rqtransformer import RQTransformer, RQTransformerOutput
 from rqscale.models.rqvae import RQVAE, RQVAEOutput
 
-__all__ = ["RQTransformer", "RQTransformerOutput", "RQVAE", "RQVAEOutput"]
+STAGE2_MODELS = {"ar": RQTransformer, "contextual": ContextualRQTransformer}  # stage2.model.kind
+
+
+def build_stage2_model(model_cfg, code_shape, num_codes: int, code_dim: int) -> RQTransformer:
+    """The stage-2 family stage2.model.kind names: the RQ-Transformer (CVPR 2022) or the Contextual
+    RQ-Transformer (NeurIPS 2022), on the RQ-VAE's code shape and codebook."""
+    return STAGE2_MODELS[model_cfg.kind](model_cfg, tuple(code_shape), num_codes, code_dim)
+
+
+__all__ = ["ContextualOutput", "ContextualRQTransformer", "RQTransformer", "RQTransformerOutput", "RQVAE", "RQVAEOutput",
+           "STAGE2_MODELS", "build_stage2_model"]

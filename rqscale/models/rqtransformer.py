@@ -34,6 +34,8 @@ def _head(dim: int, out: int) -> nn.Sequential:
 
 
 class RQTransformer(nn.Module):
+    SPATIAL_CAUSAL = True  # Eq. 11: h_t sees positions up to t (the contextual model's spatial stack attends both ways)
+
     def __init__(self, cfg: RQTransformerConfig, code_shape: tuple, num_codes: int, code_dim: int):
         super().__init__()
         self.cfg = cfg
@@ -49,9 +51,10 @@ class RQTransformer(nn.Module):
         self.drop = Dropout(cfg.embd_dropout)
         stack = dict(dim=ne, heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, attn_dropout=cfg.attn_dropout, resid_dropout=cfg.resid_dropout)
         # No closing LayerNorm on either stack (ref): h_t enters Eq. 12 as is; the head has its own LN.
-        self.spatial = CausalTransformer(layers=cfg.spatial_layers, final_norm=False, **stack)
+        self.spatial = CausalTransformer(layers=cfg.spatial_layers, final_norm=False, causal=self.SPATIAL_CAUSAL, **stack)
         self.depth = CausalTransformer(layers=cfg.depth_layers, final_norm=False, **stack)
         self.head = _head(ne, num_codes)  # one LN + Linear shared across depths
+        self._build_extra(cfg, code_dim)
         self.set_checkpointing(cfg.activation_checkpointing)
         self.apply(_init_weights)
 
@@ -64,6 +67,9 @@ class RQTransformer(nn.Module):
             self.text_emb = nn.Embedding(cfg.text_vocab, ne)
             self.pos_text = nn.Parameter(torch.zeros(cfg.text_length, ne))
             self.text_head = _head(ne, cfg.text_vocab)
+
+    def _build_extra(self, cfg: RQTransformerConfig, code_dim: int) -> None:
+        """Parameters a subclass adds, created before the weights are initialised (none here)."""
 
     def set_checkpointing(self, enabled: bool) -> None:
         self.spatial.checkpointing = self.depth.checkpointing = enabled
@@ -142,6 +148,6 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
     elif isinstance(module, RQTransformer):
-        for name in ("pos_spatial", "pos_depth", "start", "pos_text"):
+        for name in ("pos_spatial", "pos_depth", "start", "pos_text", "pos_cond", "mask_emb"):
             if hasattr(module, name):
                 nn.init.normal_(getattr(module, name), 0.0, 0.02)

@@ -1,4 +1,6 @@
-"""Pre-LN causal transformer blocks with an optional KV cache (used by both RQ-Transformer stacks).
+"""Pre-LN transformer blocks with an optional KV cache (used by both RQ-Transformer stacks): causal by
+default; a stack built with causal=False attends both ways (the Contextual RQ-Transformer's spatial
+stack), optionally restricted by a fixed boolean `attend` mask (a causal caption prefix).
 
 Attention goes through `scaled_dot_product_attention` on GPU, which dispatches to flash /
 memory-efficient kernels. On CPU it is `_math_attention`: SDPA's fused CPU kernel takes no dropout, and
@@ -95,9 +97,11 @@ class Dropout(nn.Dropout):
         return dropout(x, self.p, self.training)
 
 
-def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """Causal attention with dropout on the attention weights, for CPU training (SDPA's fused CPU kernel
-    takes no dropout): softmax(q k^T / sqrt(head_dim) + causal mask), dropout, times v.
+def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, causal: bool = True,
+                    attend: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Attention with dropout on the attention weights, for CPU training (SDPA's fused CPU kernel takes no
+    dropout): softmax(q k^T / sqrt(head_dim) + mask), dropout, times v. The mask hides the future when
+    `causal`, else the pairs where `attend` (L, L) is False, else nothing.
 
     The two products run in the inputs' dtype (bf16 under A.3's mixed precision), and the scores' scale,
     mask and softmax in fp32, rounded once to the input dtype for the dropout and the product with v:
@@ -108,14 +112,20 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p
     positions) took 35 ms this way against 54 ms upcast to fp32 (Dec 2026)."""
     length = q.shape[-2]
     scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(q.shape[-1] ** -0.5)
-    future = torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1)
-    weights = scores.masked_fill_(future, float("-inf")).softmax(dim=-1).to(q.dtype)
+    if causal:
+        scores.masked_fill_(torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
+    elif attend is not None:
+        scores.masked_fill_(~attend, float("-inf"))
+    weights = scores.softmax(dim=-1).to(q.dtype)
     return torch.matmul(dropout(weights, dropout_p), v)
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, attn_dropout: float, resid_dropout: float):
+    """Self-attention, causal unless built with causal=False."""
+
+    def __init__(self, dim: int, heads: int, attn_dropout: float, resid_dropout: float, causal: bool = True):
         super().__init__()
+        self.causal = causal
         if dim % heads:
             raise ValueError(f"embed_dim {dim} is not divisible by num_heads {heads}")
         self.heads, self.head_dim = heads, dim // heads
@@ -124,13 +134,16 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = attn_dropout
         self.resid_drop = Dropout(resid_dropout)
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0,
+                attend: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = self._attend(q, k, v, cache, layer)
+        y = self._attend(q, k, v, cache, layer, attend)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, c)))
 
-    def _attend(self, q, k, v, cache: Optional[KVCache], layer: int) -> torch.Tensor:
+    def _attend(self, q, k, v, cache: Optional[KVCache], layer: int, attend: Optional[torch.Tensor]) -> torch.Tensor:
+        if cache is not None and not self.causal:
+            raise ValueError("a KV cache serves causal decoding only")
         if cache is not None:
             start, t = cache.length, q.shape[2]
             cache.k_t[layer, :, :, :, start : start + t] = k.transpose(-1, -2)
@@ -140,45 +153,49 @@ class CausalSelfAttention(nn.Module):
                     raise ValueError("a non-empty KV cache takes one new position at a time")
                 return _single_query_attention(q, cache.k_t[layer, :, :, :, : start + 1], cache.v[layer, :, :, : start + 1])
         p = self.attn_dropout if self.training else 0.0
+        attend = None if self.causal else attend
         if q.device.type == "cpu" and CPU_ATTENTION == "math":
-            return _math_attention(q, k, v, p)  # faster than SDPA's CPU kernel, and takes dropout (see above)
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # fused / flash on GPU
+            return _math_attention(q, k, v, p, self.causal, attend)  # faster than SDPA's CPU kernel, takes dropout
+        # Fused / flash kernels on GPU; a boolean mask (True = may attend) selects the memory-efficient one.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p, is_causal=self.causal)
 
 
 class Block(nn.Module):
     """x + Attn(LN(x)), then x + MLP(LN(x)) with a 4x GELU MLP (pre-LN, as the ref's GPT blocks)."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: int, attn_dropout: float, resid_dropout: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: int, attn_dropout: float, resid_dropout: float, causal: bool = True):
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = CausalSelfAttention(dim, heads, attn_dropout, resid_dropout)
+        self.attn = CausalSelfAttention(dim, heads, attn_dropout, resid_dropout, causal)
         self.ln2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(
             nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim), Dropout(resid_dropout)
         )
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, layer)
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0,
+                attend: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x), cache, layer, attend)
         return x + self.mlp(self.ln2(x))
 
 
 class CausalTransformer(nn.Module):
-    """A stack of blocks, optionally closed by a LayerNorm. `checkpointing` recomputes blocks in backward."""
+    """A stack of blocks, optionally closed by a LayerNorm. `checkpointing` recomputes blocks in backward.
+    causal=False: every position attends to every other (or as `attend`, given to forward, allows)."""
 
     def __init__(self, dim: int, heads: int, layers: int, mlp_ratio: int, attn_dropout: float, resid_dropout: float,
-                 final_norm: bool = True):
+                 final_norm: bool = True, causal: bool = True):
         super().__init__()
-        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, attn_dropout, resid_dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, attn_dropout, resid_dropout, causal) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim) if final_norm else nn.Identity()
         self.heads, self.head_dim = heads, dim // heads
         self.checkpointing = False
 
-    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, attend: Optional[torch.Tensor] = None) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             if self.checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, None, i, attend, use_reentrant=False)
             else:
-                x = block(x, cache, i)
+                x = block(x, cache, i, attend)
         if cache is not None:
             cache.length += x.shape[1]
         return self.ln_f(x)

@@ -17,11 +17,11 @@ def largest_layer(*modules: torch.nn.Module) -> int:
 
 
 def build_stage2(cfg: Config) -> torch.nn.Module:
-    from rqscale.models import RQTransformer
+    from rqscale.models import build_stage2_model
 
     r = cfg.rqvae
     with torch.device("meta"):
-        return RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
+        return build_stage2_model(cfg.stage2.model, r.code_shape, r.num_codes, r.code_dim)
 
 
 def build_stage1(cfg: Config) -> tuple:

@@ -13,9 +13,9 @@ import os
 import torch
 
 from rqscale.config import Config, from_yaml_text, to_yaml
-from rqscale.data.file_cache import local_copy
+from rqscale.data.file_cache import local_copy, unreadable
 from rqscale.data.storage import is_s3
-from rqscale.models import RQVAE, RQTransformer
+from rqscale.models import RQVAE, build_stage2_model
 from rqscale.utils.safe_load import load_plain
 
 FORMAT = "rqscale-stage2/1"
@@ -32,10 +32,10 @@ def save_consolidated(path: str, cfg: Config, rqvae: RQVAE, model: RQTransformer
 def _read_state(path: str, **load_args) -> dict:
     """The checkpoint's dict (an s3:// one from this node's cache); a missing or foreign file is a clear error."""
     if is_s3(path):
-        try:
-            path = local_copy(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"checkpoint not found: '{path}' (expected the rqtransformer.pt a stage-2 run writes)") from None
+        problem = unreadable(path)
+        if problem:
+            raise FileNotFoundError(f"checkpoint not readable: {problem} (expected the rqtransformer.pt a stage-2 run writes)")
+        path = local_copy(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: '{path}' (expected the rqtransformer.pt a stage-2 run writes)")
     state = load_plain(path, **load_args)  # strings, dicts and tensors only: nothing in it runs
@@ -56,6 +56,6 @@ def load_consolidated(path: str, device: str = "cpu"):
     rqvae = RQVAE(cfg.rqvae)
     rqvae.load_state_dict(state["rqvae"])
     r = cfg.rqvae
-    model = RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
+    model = build_stage2_model(cfg.stage2.model, r.code_shape, r.num_codes, r.code_dim)
     model.load_state_dict(state["rqtransformer"])
     return cfg, rqvae.to(device).eval(), model.to(device).eval()

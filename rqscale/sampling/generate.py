@@ -19,7 +19,7 @@ from rqscale.sampling.filters import SamplingParams
 from rqscale.sampling.rejection import candidates_needed, load_classifier, select
 from rqscale.sampling.request import SampleRequest
 from rqscale.sampling.rerank import best_of, clip_scorer, repeated
-from rqscale.sampling.sampler import sample_codes
+from rqscale.sampling.draft_revise import DraftRevise
 
 
 def cycled(values: Sequence, count: int) -> tuple:
@@ -75,13 +75,18 @@ def condition_tensor(cfg, labels: Optional[Sequence[int]], captions: Optional[Se
 
 @torch.no_grad()
 def sample_images(cfg, rqvae, model, params: SamplingParams, cond: Optional[torch.Tensor], count: int, batch_size: int,
-                  gen: torch.Generator) -> torch.Tensor:
-    """`count` decoded images (float in [-1, 1], N x 3 x H x W, on the CPU), `batch_size` at a time."""
+                  gen: torch.Generator, schedule: Optional[DraftRevise] = None) -> torch.Tensor:
+    """`count` decoded images (float in [-1, 1], N x 3 x H x W, on the CPU), `batch_size` at a time. A
+    contextual model decodes by Draft-and-Revise: `schedule`, else its config's stage2.sampling with
+    `params` in the revise phase."""
+    from rqscale.sampling import sample_stage2, schedule_of
+
+    schedule = schedule or schedule_of(cfg.stage2.sampling, params)
     images = []
     for start in range(0, count, batch_size):
         n = min(batch_size, count - start)
         c = None if cond is None else cond[start : start + n]
-        codes = sample_codes(model, n, c, params, gen)
+        codes = sample_stage2(model, n, c, params, gen, schedule)
         images.append(rqvae.decode_codes(codes.view(n, *cfg.rqvae.code_shape)).clamp(-1, 1).cpu())
     return torch.cat(images)
 
@@ -91,14 +96,32 @@ def generate(request: SampleRequest, cfg, rqvae, model, count: int) -> tuple[tor
     request.rerank = N > 1, each is the best of N candidates of its caption by CLIP similarity."""
     params = request.params.resolve(model.depth_codes, model.num_codes)
     labels, captions = planned_conditions(request, cfg, count)
-    n = request.rerank
-    candidates = repeated(captions, n) if n > 1 else captions
-    cond = condition_tensor(cfg, labels, candidates, request.device)
     gen = torch.Generator(device=request.device).manual_seed(request.seed)
-    images = sample_images(cfg, rqvae, model, params, cond, count * n, request.batch_size, gen)
-    if n > 1:
-        images, _ = best_of(images, candidates, n, clip_scorer(request.clip_model, request.device))
+    if request.rerank > 1:
+        images = reranked_images(request, cfg, rqvae, model, params, captions, gen)
+    else:
+        cond = condition_tensor(cfg, labels, captions, request.device)
+        images = sample_images(cfg, rqvae, model, params, cond, count, request.batch_size, gen, request.schedule(cfg))
     return images, (np.asarray(labels, dtype=np.int64) if labels else np.full(count, -1))
+
+
+def reranked_images(request: SampleRequest, cfg, rqvae, model, params, captions: Sequence[str], gen) -> torch.Tensor:
+    """The best of request.rerank candidates per caption by CLIP similarity. Candidates are drawn batch by
+    batch exactly as plain sampling of the captions repeated in place would draw them, and each group is
+    reduced to its best once complete: memory holds one batch and one unfinished group, not all of them."""
+    n, score = request.rerank, clip_scorer(request.clip_model, request.device)
+    candidates = repeated(captions, n)
+    best, pending = [], torch.empty(0)
+    for start in range(0, len(candidates), request.batch_size):
+        chunk = candidates[start : start + request.batch_size]
+        cond = condition_tensor(cfg, None, chunk, request.device)
+        pending = torch.cat([pending, sample_images(cfg, rqvae, model, params, cond, len(chunk), len(chunk), gen)])
+        done = len(pending) // n * n
+        if done:
+            first = start + len(chunk) - len(pending)  # the candidate index pending[0] has
+            best.append(best_of(pending[:done], candidates[first : first + done], n, score)[0])
+            pending = pending[done:]
+    return torch.cat(best)
 
 
 def reject(request: SampleRequest, images: torch.Tensor, labels: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:

@@ -27,6 +27,10 @@ class SampleRequest:
     acceptance_rate: float = 1.0  # with `classifier`: the fraction of candidates kept
     rerank: int = 1  # text models: keep the best of this many candidates per sample by CLIP similarity (B.5: 16)
     clip_model: Optional[str] = None  # with rerank > 1: a local CLIP directory (transformers save_pretrained)
+    # Contextual models (Draft-and-Revise): None takes the checkpoint's stage2.sampling value.
+    draft_steps: Optional[int] = None  # --draft-steps: T_draft
+    revise_steps: Optional[int] = None  # --revise-steps: T_revise
+    revise_iterations: Optional[int] = None  # --revise-iterations: M
 
     def __post_init__(self):
         object.__setattr__(self, "class_labels", tuple(self.class_labels))  # frozen: a caller's list cannot change it
@@ -66,9 +70,32 @@ class SampleRequest:
         if self.rerank > 1 and m.condition != "text":
             raise ValueError("--rerank (CLIP re-ranking) needs a text-conditional model: it keeps the candidate whose "
                              "image CLIP finds closest to its caption")
+        self._check_draft_revise(cfg)
         if self.params.cfg_scale != 1.0 and m.cond_dropout == 0:
             raise ValueError("--cfg-scale needs a model trained with stage2.model.cond_dropout > 0: this one never "
                              "learned its null condition")
+
+    def _check_draft_revise(self, cfg) -> None:
+        given = {"--draft-steps": self.draft_steps, "--revise-steps": self.revise_steps, "--revise-iterations": self.revise_iterations}
+        given = {flag: v for flag, v in given.items() if v is not None}
+        if given and cfg.stage2.model.kind != "contextual":
+            raise ValueError(f"{', '.join(given)}: Draft-and-Revise flags need a contextual checkpoint; this one is "
+                             "autoregressive (stage2.model.kind=ar)")
+        h, w, _ = cfg.rqvae.code_shape
+        for flag in ("--draft-steps", "--revise-steps"):
+            if flag in given and not 1 <= given[flag] <= h * w:
+                raise ValueError(f"{flag} {given[flag]}: the model has {h * w} positions; give 1 to {h * w} groups")
+        if given.get("--revise-iterations", 0) < 0:
+            raise ValueError(f"--revise-iterations must be >= 0, got {given['--revise-iterations']}")
+
+    def schedule(self, cfg):
+        """The Draft-and-Revise schedule: these flags over the checkpoint's stage2.sampling (contextual models)."""
+        from rqscale.sampling.draft_revise import DraftRevise
+
+        sp = cfg.stage2.sampling
+        pick = lambda mine, theirs: theirs if mine is None else mine  # noqa: E731
+        return DraftRevise(pick(self.draft_steps, sp.draft_steps), pick(self.revise_steps, sp.revise_steps),
+                           pick(self.revise_iterations, sp.revise_iterations), revise=self.params)
 
     def settings(self) -> dict:
         """The sampling settings as given (one value or one per depth) and the seed: what a report records."""

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rqscale.config.schema import Config
-from rqscale.models import RQVAE, RQTransformer
+from rqscale.models import RQVAE, build_stage2_model
 
 
 # Elements of a (rows x K) fp32 block the soft cross-entropy works on at once. On CPU, 2^18 (1 MB) stays
@@ -85,7 +85,7 @@ class Stage2Task(nn.Module):
         self.loss_cfg = cfg.stage2.loss
         self.rqvae = rqvae.eval().requires_grad_(False)  # frozen stage 1
         r = cfg.rqvae
-        self.model = RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
+        self.model = build_stage2_model(cfg.stage2.model, r.code_shape, r.num_codes, r.code_dim)
         with torch.no_grad():
             self.model.codebook.copy_(rqvae.quantizer.codebook)
 
@@ -131,13 +131,21 @@ class Stage2Task(nn.Module):
         probs, codes = self.targets(self.latents(batch), generator)
         cond, dropped = self.condition(batch)
         out = self.model(codes, cond)
+        per_code = self.code_losses(out.logits, probs, codes)  # (B, T, D)
+        return self.named_losses(per_code.flatten(0, 1), out, batch, dropped)
+
+    @staticmethod
+    def code_losses(logits: torch.Tensor, probs: Optional[torch.Tensor], codes: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of each code (logits (..., D, K)): against the soft labels, or the codes if None."""
         if probs is None:
-            per_position = F.cross_entropy(out.logits.float().flatten(0, 2), codes.flatten(), reduction="none").view(codes.shape)
-        else:
-            per_position = soft_cross_entropy(out.logits, probs)
-        image = per_position.mean()
+            return F.cross_entropy(logits.float().flatten(0, -2), codes.flatten(), reduction="none").view(codes.shape)
+        return soft_cross_entropy(logits, probs)
+
+    def named_losses(self, per_code: torch.Tensor, out, batch: dict, dropped: Optional[torch.Tensor]) -> dict:
+        """image (the mean over the stacks' codes, per_code (stacks, D)), depth1..D, text, total."""
+        image = per_code.mean()
         losses = {"image": image}
-        losses.update({f"depth{d + 1}": v.detach() for d, v in enumerate(per_position.mean(dim=(0, 1)))})
+        losses.update({f"depth{d + 1}": v.detach() for d, v in enumerate(per_code.mean(dim=0))})
         total = image
         if out.text_logits is not None:
             text = self._text_loss(out.text_logits, batch["cond"], dropped)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import json
 
 import torch
@@ -54,9 +55,17 @@ def spatial_length(m: RQTransformerConfig, positions: int) -> int:
     """Spatial sequence length: the condition prefix, then the codes of positions 1..T-1 (Eq. 10).
 
     Class / none: one start token (the class embedding replaces it), so T tokens. Text: L caption
-    tokens, the last of which predicts position 1, so L + T - 1 (95 for CC-3M, A.2)."""
+    tokens, the last of which predicts position 1, so L + T - 1 (95 for CC-3M, A.2). A contextual
+    model reads all N stacks after its prefix (Eq. 7): 1 + N, or L + N."""
     prefix = m.text_length if m.condition == "text" else 1
-    return prefix + positions - 1
+    return prefix + positions - (0 if m.kind == "contextual" else 1)
+
+
+def expected_masked_fraction(positions: int, steps: int = 100_000) -> float:
+    """E[ceil(cos(pi r / 2) N)] / N for r ~ U[0, 1) (Draft-and-Revise Eq. 10), by the midpoint rule:
+    the share of stacks a contextual training step runs through its depth transformer (0.644 at N = 64)."""
+    total = sum(math.ceil(math.cos(math.pi * (i + 0.5) / steps / 2) * positions) for i in range(steps))
+    return total / steps / positions
 
 
 def stage2_flops(cfg: Config) -> dict:
@@ -67,20 +76,28 @@ def stage2_flops(cfg: Config) -> dict:
                      runs T sequences of D tokens.
     heads_forward:   the shared LN+Linear head over K codes at all T*D depth outputs, plus the text
                      head over L-1 caption tokens when condition == "text".
+    A contextual model (Draft-and-Revise) reads all N stacks, and runs the depth transformer and head at
+    the masked ones only: N times the expected masked fraction of Eq. 10's schedule.
     Not counted: the frozen RQ-VAE (encoder on raw images, soft-label distances of Eq. 15), which
     produces the targets but is not the model being trained.
     """
     m, r = cfg.stage2.model, cfg.rqvae
     h, w, d = r.code_shape
     t, c = h * w, m.embed_dim
-    spatial = 2 * (t - 1) * r.code_dim * c + m.spatial_layers * block_flops(m, spatial_length(m, t))
-    depth = 2 * t * (d - 1) * r.code_dim * c + m.depth_layers * t * block_flops(m, d)
-    heads = 2 * t * d * c * r.num_codes
+    inputs, stacks = (t, t * _masked_fraction(t)) if m.kind == "contextual" else (t - 1, t)  # contextual: Eqs. 6, 11
+    spatial = 2 * inputs * r.code_dim * c + m.spatial_layers * block_flops(m, spatial_length(m, t))
+    depth = 2 * stacks * (d - 1) * r.code_dim * c + m.depth_layers * stacks * block_flops(m, d)
+    heads = 2 * stacks * d * c * r.num_codes
     if m.condition == "text":
         heads += 2 * (m.text_length - 1) * c * m.text_vocab
     forward = spatial + depth + heads
     return {"spatial_forward": spatial, "depth_forward": depth, "heads_forward": heads,
             "forward": forward, "train": TRAIN_PER_FORWARD * forward}
+
+
+@functools.lru_cache(maxsize=8)
+def _masked_fraction(positions: int) -> float:
+    return expected_masked_fraction(positions)
 
 
 # ---- stage 1: RQ-VAE + PatchGAN + LPIPS (A.1, A.3), counted on the real task -----------------------

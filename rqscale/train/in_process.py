@@ -30,20 +30,23 @@ def check_runnable(cfg: Config) -> None:
         check_text_setup(cfg)
 
 
-REMOTE_FILE_KEYS = ("run.init_from", "stage2.rqvae_checkpoint", "stage2.tokenizer")
+def remote_file_keys(cfg: Config) -> list:
+    """The config keys naming a weights file this run loads."""
+    if cfg.stage == "stage1":
+        return ["run.init_from"]
+    return ["stage2.rqvae_checkpoint"] + (["stage2.tokenizer"] if cfg.stage2.model.condition == "text" else [])
 
 
 def check_remote_files(cfg: Config) -> None:
-    """Every s3:// weights file the run will load exists: a missing object is named here, not in a worker."""
-    from rqscale.data.file_cache import object_checksum
+    """Every s3:// weights file the run will load can be read: a missing object (or missing credentials)
+    is named here, not in a worker."""
+    from rqscale.data.file_cache import unreadable
 
-    for key in REMOTE_FILE_KEYS:
+    for key in remote_file_keys(cfg):
         url = functools.reduce(getattr, key.split("."), cfg)
-        if url and url.startswith("s3://"):
-            try:
-                object_checksum(url)
-            except FileNotFoundError:
-                raise ConfigError(key, f"there is no object at '{url}'", f"upload the file there or point {key} at it") from None
+        problem = url and url.startswith("s3://") and unreadable(url)
+        if problem:
+            raise ConfigError(key, problem, f"upload the file there, or point {key} at one that exists")
 
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict:

@@ -303,11 +303,11 @@ class TrainingLoop:
             from rqscale.train.stage1_summary import stage1_summary
             return {**common, **stage1_summary(self.engines, self.extra, picture)}
         from rqscale.sampling.checkpoint import load_consolidated
-        from rqscale.tasks import Stage2Task
+        from rqscale.tasks import stage2_task
         from rqscale.train.stage2 import run_picture
 
         _, rqvae, model = load_consolidated(weights)
-        task = Stage2Task(self.cfg, rqvae)
+        task = stage2_task(self.cfg, rqvae)
         task.model.load_state_dict(model.state_dict())
         task.to(self.device)  # on a GPU run, sampling the grid on the CPU would take minutes at full size
         picture = run_picture(task, self.cfg, os.path.join(self.log_dir, "samples.png"))

@@ -11,7 +11,7 @@ from torch import nn
 
 from rqscale.config import Config
 from rqscale.models import RQVAE
-from rqscale.sampling import SamplingParams, sample_codes
+from rqscale.sampling import SamplingParams, sample_stage2, schedule_of
 from rqscale.tasks import Stage2Task
 from rqscale.train.metrics import accumulate
 from rqscale.train.optim import build_optimizer, build_scheduler
@@ -132,7 +132,8 @@ def _row_conditions(cfg, n: int, class_names, captions) -> tuple[list[str], list
 def _sample_row(task: Stage2Task, cond: Optional[torch.Tensor], n: int, params: SamplingParams, seed: int) -> torch.Tensor:
     device = next(task.model.parameters()).device
     cond = None if cond is None else cond.to(device)
-    codes = sample_codes(task.model, n, cond, params, torch.Generator(device=device).manual_seed(seed))
+    schedule = schedule_of(task.cfg.stage2.sampling, params)  # contextual models: Draft-and-Revise
+    codes = sample_stage2(task.model, n, cond, params, torch.Generator(device=device).manual_seed(seed), schedule)
     return task.rqvae.decode_codes(codes.view(n, *task.cfg.rqvae.code_shape))
 
 

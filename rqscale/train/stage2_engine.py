@@ -11,9 +11,9 @@ from rqscale.config import Config
 from rqscale.engine import EngineModule, build_engine, consolidated_state_dict, deepspeed_config, fp32_state_dict_from_checkpoint
 from rqscale.engine import load_engine_checkpoint, save_engine_checkpoint
 from rqscale.engine.precision import with_resolved_precision
-from rqscale.models import RQTransformer
+from rqscale.models import RQTransformer, build_stage2_model
 from rqscale.sampling.checkpoint import save_consolidated
-from rqscale.tasks import Stage2Task
+from rqscale.tasks import stage2_task
 from rqscale.train.engine_step import engine_step
 from rqscale.train.optim import build_optimizer, build_scheduler
 from rqscale.train.stage2 import decay_groups, load_rqvae, run_picture
@@ -29,7 +29,7 @@ class Stage2Engines:
         cfg = with_resolved_precision(cfg, device)  # engine.precision=auto: bf16 or fp32 for this device
         self.cfg = cfg
         self.collectives = DeviceCollectives(device)
-        self.task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
+        self.task = stage2_task(cfg, load_rqvae(cfg)).to(device)
         o = cfg.stage2.optim
         groups = decay_groups(self.task.model, o.weight_decay)
         self.optimizer = optimizer = build_optimizer(groups, o)
@@ -69,13 +69,13 @@ class Stage2Engines:
         state = consolidated_state_dict(self.engine)
         if state is None:
             return None
-        task = Stage2Task(self.cfg, self.task.rqvae)
+        task = stage2_task(self.cfg, self.task.rqvae)
         task.model.load_state_dict(state)
         return run_picture(task.to(next(self.task.rqvae.parameters()).device), self.cfg, path)
 
 
 def plain_model(cfg: Config, state: dict) -> RQTransformer:
     r = cfg.rqvae
-    model = RQTransformer(cfg.stage2.model, tuple(r.code_shape), r.num_codes, r.code_dim)
+    model = build_stage2_model(cfg.stage2.model, r.code_shape, r.num_codes, r.code_dim)
     model.load_state_dict(state)
     return model

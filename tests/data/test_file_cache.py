@@ -76,3 +76,18 @@ def test_a_missing_s3_rqvae_is_a_config_error_before_ray_starts(s3_bucket, tmp_p
     assert proc.returncode == 2, proc.stderr
     assert f"config key 'stage2.rqvae_checkpoint': there is no object at '{s3_bucket}/runs/missing/rqvae.pt'" in proc.stderr
     assert "Traceback" not in proc.stderr and "Ray" not in proc.stdout + proc.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_download_that_keeps_arriving_corrupt_is_one_clear_error_and_leaves_nothing(s3_bucket, cache, monkeypatch):  # noqa: F811
+    import rqscale.data.file_cache as file_cache
+
+    url = put(s3_bucket, "weights/flaky.bin", b"some weights")
+    digests = iter(["0" * 32, "1" * 32, "2" * 32])  # what the received bytes hash to, three times wrong
+    monkeypatch.setattr(file_cache, "_md5", lambda path: next(digests))
+    with pytest.raises(file_cache.DownloadError, match="arrived corrupt 3 times"):
+        local_copy(url)
+    entry = next((cache / "weights").iterdir())
+    assert sorted(p.name for p in entry.iterdir()) == ["flaky.bin.lock"] and downloads(str(cache)) == []
+    monkeypatch.undo()
+    monkeypatch.setenv("RQSCALE_CACHE", str(cache))
+    assert open(local_copy(url), "rb").read() == b"some weights"  # a sound download then goes through

@@ -133,6 +133,19 @@ def test_fid_and_clip_score_of_caption_conditioned_samples(text_model, demo, tmp
     assert -1.0 <= report["clip_cosine"] <= 1.0
 
 
+def test_clip_score_of_a_samples_npz_reads_its_captions(text_model, demo, tmp_path):
+    """rqscale.sample's samples.npz of a text model carries each image's caption: the CLIP score of it
+    needs no --captions."""
+    checkpoint, captions, clip_dir = text_model
+    proc = subprocess.run([sys.executable, "-m", "rqscale.sample", "--checkpoint", checkpoint, "--captions", captions,
+                           "--out", str(tmp_path / "s")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    evaluate("samples", "--samples-npz", str(tmp_path / "s" / "samples.npz"), "--clip-model", clip_dir,
+             "--feature-extractor", demo["extractor"], "--out", str(tmp_path / "c.json"))
+    report = json.loads((tmp_path / "c.json").read_text())
+    assert report["num_samples"] == 10 and finite(report, "clip_cosine")
+
+
 def run_main(capsys, *args) -> tuple:
     code = main(list(args))
     return code, capsys.readouterr().err

@@ -118,9 +118,11 @@ def test_clip_reranking_keeps_the_candidate_clip_rates_highest(text_checkpoint, 
     captions = ["a handwritten digit seven", "the digit two written by hand", "a handwritten digit zero"]
     (tmp_path / "three.txt").write_text("\n".join(captions) + "\n")
     (tmp_path / "each8.txt").write_text("\n".join(c for c in captions for _ in range(8)) + "\n")
+    # Batches of 5 candidates: groups of 8 straddle batches, which re-ranking reduces as they complete.
     ranked = run_cli(tmp_path / "ranked", text_checkpoint[0], "--captions", str(tmp_path / "three.txt"), "--rerank", "8",
-                     "--clip-model", clip, count=())
-    plain = run_cli(tmp_path / "plain", text_checkpoint[0], "--captions", str(tmp_path / "each8.txt"), count=())
+                     "--clip-model", clip, "--batch-size", "5", count=())
+    plain = run_cli(tmp_path / "plain", text_checkpoint[0], "--captions", str(tmp_path / "each8.txt"), "--batch-size", "5",
+                    count=())
     assert ranked.returncode == 0 and plain.returncode == 0, ranked.stderr + plain.stderr
     candidates = np.load(tmp_path / "plain" / "out" / "samples.npz")["images"]
     chosen = np.load(tmp_path / "ranked" / "out" / "samples.npz")["images"]
