@@ -2,7 +2,9 @@
 
   samples  FID, IS and precision/recall of generated samples against reference shards: a consolidated
            rqtransformer.pt sampled here (--checkpoint, chunks spread over Ray tasks), or the
-           samples.npz that rqscale.sample wrote (--samples-npz); --clip-model adds the CLIP score
+           samples.npz that rqscale.sample wrote (--samples-npz); --clip-model adds the CLIP score. A
+           contextual checkpoint reports its drafts too ("drafts"), and --speed-batches times
+           Draft-and-Revise at T_draft 8 / 32 / 64 against the AR sampler of the same width (Table 4)
   recon    rFID of an RQ-VAE on reference shards, per depth d = 1..D (Table A.2), and the MSE
   clip     CLIP score of a text-conditional model on captions, with a local CLIP model
 
@@ -21,6 +23,7 @@ import time
 
 import torch
 
+from rqscale.sampling.contextual_flags import add_draft_revise_args
 from rqscale.sampling.flags import add_sampling_args
 
 
@@ -66,6 +69,7 @@ def _generation_args(p) -> None:
     labels.add_argument("--class-label", type=int, nargs="+", help="class labels, cycled over the samples")
     p.add_argument("--captions", help="text file, one caption per line, cycled over the samples (text models)")
     add_sampling_args(p)
+    add_draft_revise_args(p)
 
 
 def _extractor_args(p) -> None:
@@ -104,8 +108,12 @@ def summary(report: dict) -> str:
     parts = [f"{k} {report[k]:.4g}" for k in keys if isinstance(report.get(k), float)]
     if "rfid_depth" in report:
         parts.append("rfid per depth " + " ".join(f"{v:.4g}" for v in report["rfid_depth"]))
+    if isinstance(report.get("drafts"), dict):  # a contextual checkpoint's drafts (supplement Table 3)
+        drafts = report["drafts"]
+        parts.append("drafts: " + ", ".join(f"{k} {drafts[k]:.4g}" for k in keys if isinstance(drafts.get(k), float)))
     for row in report.get("speed", []):
-        parts.append(f"batch {row['batch']}: {row['seconds_per_image']:.4g} s/image")
+        sampler = f" {row['sampler']}" if "sampler" in row else ""
+        parts.append(f"batch {row['batch']}{sampler}: {row['seconds_per_image']:.4g} s/image")
     return f"rqscale.evaluate {report['mode']}: " + ", ".join(parts)
 
 

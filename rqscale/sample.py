@@ -13,8 +13,11 @@ training cuts it, with a warning. `--rerank N --clip-model DIR` keeps, for each 
 candidates of its caption by CLIP similarity (B.5 uses 16), scored by a local CLIP model.
 
 A contextual checkpoint (stage2.model.kind=contextual) is decoded by Draft-and-Revise: --draft-steps,
---revise-steps and --revise-iterations override its stage2.sampling schedule; the sampling flags above
-set the revise phase (the draft is drawn at temperature 1 without guidance, supplement A.4).
+--revise-steps, --revise-iterations and --draft-strategy override its stage2.sampling schedule; the
+sampling flags above set the revise phase, and --draft-temperature / --draft-top-k / --draft-top-p /
+--draft-cfg-scale the draft phase (by default plain sampling, supplement A.4). `--save-draft` also writes
+the drafts (DIR/drafts/, same layout). `--inpaint IMAGE --mask MASK_PNG` keeps the picture outside the
+mask's white region and fills that region (supplement D.3), --num-samples times.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ import torch
 
 from rqscale.data.text import read_caption_file
 from rqscale.sampling.checkpoint import read_config
+from rqscale.sampling.contextual_flags import add_draft_revise_args, draft_revise_flags
 from rqscale.sampling.flags import add_sampling_args, sampling_fields
 from rqscale.sampling.generate import cycled, sample
 from rqscale.sampling.request import SampleRequest
@@ -46,10 +50,10 @@ def parse_args(argv):
     p.add_argument("--rerank", type=int, default=1, metavar="N",
                    help="text models: best of N candidates per sample by CLIP similarity (B.5 uses 16; needs --clip-model)")
     p.add_argument("--clip-model", help="local CLIP directory (transformers save_pretrained) that scores --rerank candidates")
-    dr = p.add_argument_group("contextual models (Draft-and-Revise); unset: the checkpoint's stage2.sampling")
-    dr.add_argument("--draft-steps", type=int, help="T_draft: groups the draft phase fills one after another")
-    dr.add_argument("--revise-steps", type=int, help="T_revise: groups of each revision")
-    dr.add_argument("--revise-iterations", type=int, help="M: revisions after the draft")
+    add_draft_revise_args(p)
+    p.add_argument("--inpaint", metavar="IMAGE", help="contextual models: fill the --mask region of this picture (D.3)")
+    p.add_argument("--mask", metavar="MASK_PNG", help="with --inpaint: a PNG of the picture's size, white where to fill")
+    p.add_argument("--save-draft", action="store_true", help="contextual models: also write the drafts to OUT/drafts")
     p.add_argument("--out", required=True)
     p.set_defaults(temperature=None, top_k=None, top_p=None, cfg_scale=None)  # unset: the checkpoint's stage2.sampling
     return p.parse_args(argv)
@@ -84,8 +88,8 @@ def request_of(args: argparse.Namespace) -> SampleRequest:
     captions, count = captions_and_count(args)
     return SampleRequest(args.checkpoint, count, class_labels=tuple(args.class_label or ()), captions=captions,
                          classifier=args.classifier, acceptance_rate=args.acceptance_rate, rerank=args.rerank,
-                         clip_model=args.clip_model, draft_steps=args.draft_steps, revise_steps=args.revise_steps,
-                         revise_iterations=args.revise_iterations, **sampling_fields(args))
+                         clip_model=args.clip_model, draft_revise=draft_revise_flags(args), inpaint_image=args.inpaint,
+                         inpaint_mask=args.mask, keep_drafts=args.save_draft, **sampling_fields(args))
 
 
 def write_outputs(out: str, images: torch.Tensor, labels: np.ndarray, captions: tuple = ()) -> None:
@@ -112,12 +116,16 @@ def main(argv=None) -> int:
     try:
         captions_and_count(args)  # the caption flags first: nothing is read from the checkpoint for a bad request
         request = request_of(with_checkpoint_sampling(args))
-        images, labels = sample(request)
+        drafts = []
+        images, labels = sample(request, drafts)
     except (ValueError, FileNotFoundError) as exc:
         print(f"rqscale.sample: error: {exc}", file=sys.stderr)
         return 2
     write_outputs(args.out, images, labels, request.captions)
     print(f"rqscale.sample: wrote {len(images)} samples to {args.out} (grid.png, samples.npz)")
+    if drafts:
+        write_outputs(os.path.join(args.out, "drafts"), torch.cat(drafts), labels, request.captions)
+        print(f"rqscale.sample: wrote their drafts to {os.path.join(args.out, 'drafts')}")
     return 0
 
 

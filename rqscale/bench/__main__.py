@@ -16,7 +16,8 @@ def main(argv=None) -> int:
     q.add_argument("--vectors", type=int, default=8192)
     q.add_argument("--repeats", type=int, default=5)
     q.add_argument("--device", default="cpu")
-    s = sub.add_parser("sample", help="RQ-Transformer sampling: s/image by batch (Fig. 4), KV cache, scaling with T, bf16 vs fp32")
+    s = sub.add_parser("sample", help="RQ-Transformer sampling: s/image by batch (Fig. 4), KV cache, scaling with T, bf16 vs fp32; "
+                       "a contextual config: Draft-and-Revise at T_draft 8/32/64 vs AR (Table 4) at --batch only")
     s.add_argument("--config", default="configs/debug/stage2_bench.yaml")
     s.add_argument("--batches", type=int, nargs="+", default=[100, 200, 500], help="batch sizes for s/image (paper Fig. 4)")
     s.add_argument("--batch", type=int, default=100, help="batch for the KV-cache, 16x16 and bf16/fp32 measurements")
@@ -62,8 +63,12 @@ def main(argv=None) -> int:
         print(train.report(result, recovery_s))
     elif args.name == "sample":
         from rqscale.bench import sample
+        from rqscale.config import load
 
-        print(sample.report(sample.run(args.config, args.batch, args.device, args.baseline_batch, tuple(args.batches))))
+        if load(args.config, check_files=False).stage2.model.kind == "contextual":
+            print(sample.report_contextual(sample.run_contextual(args.config, args.batch, args.device)))
+        else:
+            print(sample.report(sample.run(args.config, args.batch, args.device, args.baseline_batch, tuple(args.batches))))
     return 0
 
 

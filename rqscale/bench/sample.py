@@ -1,4 +1,6 @@
-"""Stage-2 sampling speed (issues: RQ-Transformer sampler; 6, sampling speed), all measured in one run here.
+"""Stage-2 sampling speed (issues: RQ-Transformer sampler; 6, sampling speed; 14, Draft-and-Revise), all
+measured in one run here. A contextual config (stage2.model.kind=contextual) is measured as paper Table 4
+does instead: s/sample of Draft-and-Revise at T_draft 8 / 32 / 64 against the AR sampler of the same width.
 
 1. Seconds per image at batch 100, 200, 500 (paper Fig. 4) in bf16, and how it scales with the batch.
 2. KV cache vs recomputing the whole prefix each step, at the config's T x D.
@@ -95,3 +97,38 @@ def report(r: dict) -> str:
         f"   (straightforward KV cache ~13 img/s; goal >= 19.5)\n"
         f"{json.dumps(r)}"
     )
+
+
+def run_contextual(config: str, batch: int = 100, device: str = "cpu", repeats: int = 1) -> dict:
+    """Table 4's comparison for a contextual config at `batch`, in bf16, random weights (only shapes matter)."""
+    from rqscale.eval.speed import draft_revise_speed
+    from rqscale.models import build_stage2_model
+    from rqscale.sampling import SamplingParams, schedule_of
+
+    cfg = load(config, check_files=False)
+    dev = torch.device(device)
+    retained = dev.type == "cpu" and retain_freed_memory()
+    torch.manual_seed(0)
+    model = build_stage2_model(cfg.stage2.model, cfg.rqvae.code_shape, cfg.rqvae.num_codes, cfg.rqvae.code_dim).eval()
+    model.codebook.normal_()
+    sp = cfg.stage2.sampling
+    schedule = schedule_of(sp, SamplingParams(sp.temperature, sp.top_k, sp.top_p, sp.cfg_scale))
+    table = draft_revise_speed(model, [batch], dev, torch.bfloat16, schedule, repeats=repeats)[0]
+    return {"benchmark": "sample-contextual", "machine": machine(), "config": config, "malloc_retained": retained,
+            "model": {k: v for k, v in dataclasses.asdict(cfg.stage2.model).items() if k in ("embed_dim", "spatial_layers", "depth_layers")},
+            "K": cfg.rqvae.num_codes, "code_shape": list(cfg.rqvae.code_shape), "cfg_scale": sp.cfg_scale, **table}
+
+
+def report_contextual(r: dict) -> str:
+    h, w, d = r["code_shape"]
+    lines = [f"sample (contextual)  config={r['config']}  model={r['model']} K={r['K']} code map {h}x{w}x{d}  batch={r['batch']}  bf16",
+             f"  machine: {r['machine']}  (malloc keeps freed memory: {r['malloc_retained']})",
+             f"  Draft-and-Revise with T_revise {r['revise_steps']}, M {r['revise_iterations']}, revise guidance {r['cfg_scale']}; "
+             "codes only, as Table 4",
+             f"  AR sampler, same width (KV cache, guidance {r['cfg_scale']} as the revise phase): "
+             f"{r['ar_seconds_per_sample']:.4f} s/sample"]
+    for row in r["draft_and_revise"]:
+        paper = f"{row['paper_vs_ar']:.2f}x" if row["paper_vs_ar"] is not None else "-"
+        lines.append(f"  T_draft {row['draft_steps']:>3}: {row['seconds_per_sample']:.4f} s/sample = {row['vs_ar']:.2f}x AR"
+                     f"   (paper Table 4, A100: {paper})")
+    return "\n".join(lines) + "\n" + json.dumps(r)

@@ -130,6 +130,14 @@ class SamplingConfig:
     draft_steps: int = 64
     revise_steps: int = 2
     revise_iterations: int = 2
+    # The draft phase's own sampling (A.4: none of temperature, filtering or guidance) and how it picks each
+    # step's positions: "random" (Eq. 12, the paper's choice), or by confidence as supplement Table 3
+    # compares: "top-c" (MaskGIT's rule) or "top-c-50" (random among the more confident half).
+    draft_temperature: float = 1.0
+    draft_top_k: int = 0
+    draft_top_p: float = 1.0
+    draft_cfg_scale: float = 1.0
+    draft_strategy: str = "random"
 
 
 @dataclass

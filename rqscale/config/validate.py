@@ -10,6 +10,7 @@ from rqscale.config.schema import Config
 STAGES = ("stage1", "stage2")
 CONDITIONS = ("none", "class", "text")
 STAGE2_KINDS = ("ar", "contextual")  # rqscale.models.STAGE2_MODELS
+DRAFT_STRATEGIES = ("random", "top-c", "top-c-50")  # rqscale.sampling.draft_revise
 DATA_KINDS = ("bundled", "webdataset")
 BUNDLED_SETS = ("photos", "digits")
 OPTIMIZERS = ("adam", "adamw")
@@ -246,6 +247,19 @@ def _check_draft_revise(cfg: Config) -> None:
                               f"set it between 1 and {h * w} (each group updates positions / groups of them)")
     if sp.revise_iterations < 0:
         raise ConfigError("stage2.sampling.revise_iterations", f"{sp.revise_iterations} is negative", "set it to 0 or more")
+    if sp.draft_strategy not in DRAFT_STRATEGIES:
+        raise ConfigError("stage2.sampling.draft_strategy", f"unknown strategy '{sp.draft_strategy}'",
+                          f"use one of {', '.join(DRAFT_STRATEGIES)}")
+    _positive("stage2.sampling.draft_temperature", sp.draft_temperature)
+    if not 0 <= sp.draft_top_k <= cfg.rqvae.num_codes:
+        raise ConfigError("stage2.sampling.draft_top_k", f"{sp.draft_top_k} is outside [0, K={cfg.rqvae.num_codes}]",
+                          "set it between 1 and K, or 0 for off")
+    if not 0.0 < sp.draft_top_p <= 1.0:
+        raise ConfigError("stage2.sampling.draft_top_p", f"{sp.draft_top_p} is outside (0, 1]", "set it in (0, 1], or 1.0 for off")
+    _positive("stage2.sampling.draft_cfg_scale", sp.draft_cfg_scale, strict=False)
+    if sp.draft_cfg_scale != 1.0 and cfg.stage2.model.cond_dropout == 0:
+        raise ConfigError("stage2.sampling.draft_cfg_scale", "guidance needs a model that learned a null condition",
+                          "set it to 1.0, or train with stage2.model.cond_dropout > 0")
 
 
 def _check_lpips_weights(cfg: Config) -> None:

@@ -51,14 +51,24 @@ def chunk_seed(seed: int, index: int) -> int:
 
 
 def run_chunk(job: ChunkJob) -> dict:
-    """{"index", "kind", "count", "bad", "features"?, "logits"?, "clip_sum"?, ...} for one chunk."""
+    """{"index", "kind", "count", "bad", "features"?, "logits"?, "clip_sum"?, ..., "drafts"?} for one chunk;
+    "drafts" (a contextual checkpoint's samples) holds the same entries for the chunk's drafts."""
     device = job.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if job.kind == "recon":
         from rqscale.eval.rfid import recon_chunk
 
         return recon_chunk(job, device)
-    images, bad = _images(job, device)
-    result = {"index": job.index, "kind": job.kind, "count": int(images.shape[0]), "bad": bad}
+    drafts = [] if job.kind == "samples" else None
+    images, bad = _images(job, device, drafts)
+    result = image_features(job, images, bad, device)
+    if drafts:  # a contextual checkpoint: its drafts are measured as well (supplement Table 3)
+        result["drafts"] = image_features(job, to_uint8_images(torch.cat(drafts)), 0, device)
+    return dict(result, index=job.index, kind=job.kind)
+
+
+def image_features(job: ChunkJob, images: torch.Tensor, bad: int, device: str) -> dict:
+    """{"count", "bad", "features"?, "logits"?, "clip_sum"?, "clip_count"?} of uint8 images (n, 3, H, W)."""
+    result = {"count": int(images.shape[0]), "bad": bad}
     if job.extractor is not None:
         result["features"], result["logits"] = extract(cached_extractor(job.extractor, device), images)
     if job.clip_model is not None:
@@ -68,13 +78,13 @@ def run_chunk(job: ChunkJob) -> dict:
     return result
 
 
-def _images(job: ChunkJob, device: str) -> tuple[torch.Tensor, int]:
+def _images(job: ChunkJob, device: str, drafts: Optional[list] = None) -> tuple[torch.Tensor, int]:
     if job.kind == "reference":
         from rqscale.eval.reference import read_reference
 
         return read_reference(job.manifest, job.resolution, job.start, job.count)
     if job.kind == "samples":
-        return generate_chunk(job, device), 0
+        return generate_chunk(job, device, drafts), 0
     if job.kind == "npz":
         pixels = npz_images(job.samples_npz)[job.start : job.start + job.count]
         return torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), 0
@@ -100,11 +110,14 @@ def cached_checkpoint(path: str, device: str):
     return load_consolidated(path, device)
 
 
-def generate_chunk(job: ChunkJob, device: str) -> torch.Tensor:
-    """The chunk's samples as uint8 (n, 3, H, W), through the sampling loop rqscale.sample runs too."""
+def generate_chunk(job: ChunkJob, device: str, drafts: Optional[list] = None) -> torch.Tensor:
+    """The chunk's samples as uint8 (n, 3, H, W), through the sampling loop rqscale.sample runs too; a
+    contextual checkpoint's decoded drafts go to `drafts`."""
     request = job.request
     cfg, rqvae, model = cached_checkpoint(request.checkpoint, device)
     params = request.params.resolve(model.depth_codes, model.num_codes)
     cond = condition_tensor(cfg, job.labels, job.captions, device)  # planned, and checked, by the driver
     gen = torch.Generator(device=device).manual_seed(chunk_seed(request.seed, job.index))
-    return to_uint8_images(sample_images(cfg, rqvae, model, params, cond, job.count, request.batch_size, gen))
+    keep = drafts if cfg.stage2.model.kind == "contextual" else None
+    images = sample_images(cfg, rqvae, model, params, cond, job.count, request.batch_size, gen, request.schedule(cfg), drafts=keep)
+    return to_uint8_images(images)

@@ -109,11 +109,24 @@ def evaluate_jobs(sample_jobs: list, ref: Optional[Reference], workers: int, loc
                   pr_cap: int = PR_CAP) -> dict:
     """Run the reference (on a cache miss) and sample chunks; FID, IS, precision/recall, CLIP score."""
     real, fake = FeatureSet(True, pr_cap), FeatureSet(False, pr_cap, keep_logits=True)
+    drafts = FeatureSet(False, pr_cap, keep_logits=True)
     ref_jobs = ref.jobs if ref is not None else []
-    run_jobs(ref_jobs + sample_jobs, workers, local, lambda r: (real if r["kind"] == "reference" else fake).add(r))
+    run_jobs(ref_jobs + sample_jobs, workers, local, lambda r: _consume(r, real, fake, drafts))
     if ref is not None and not ref.hit:
         finish_reference(ref, real, pr_device)
-    return sample_metrics(fake, ref, pr_device)
+    report = sample_metrics(fake, ref, pr_device)
+    if drafts.count:  # Draft-and-Revise: the drafts measured like the samples, as in supplement Table 3
+        report["drafts"] = {k: v for k, v in sample_metrics(drafts, ref, pr_device).items() if k != "reference"}
+    return report
+
+
+def _consume(result: dict, real: FeatureSet, fake: FeatureSet, drafts: FeatureSet) -> None:
+    if result["kind"] == "reference":
+        real.add(result)
+        return
+    fake.add(result)
+    if "drafts" in result:
+        drafts.add(result["drafts"])
 
 
 def sample_metrics(fake: FeatureSet, ref: Optional[Reference], pr_device: str) -> dict:

@@ -13,6 +13,7 @@ from rqscale.eval.chunks import ChunkJob, chunk_layout
 from rqscale.eval.driver import evaluate_jobs, plan_reference, run_jobs
 from rqscale.eval.features import resolve_spec
 from rqscale.eval.reference import default_cache_dir, reference_size
+from rqscale.sampling.contextual_flags import draft_revise_flags
 from rqscale.sampling.flags import sampling_fields
 from rqscale.sampling.generate import cycled, planned_conditions
 from rqscale.sampling.request import SampleRequest
@@ -63,7 +64,7 @@ def sample_request(args) -> SampleRequest:
     if args.num_samples is None:
         raise ValueError("--num-samples is required with --checkpoint")
     request = SampleRequest(args.checkpoint, args.num_samples, class_labels=tuple(args.class_label or ()),
-                            **sampling_fields(args))
+                            draft_revise=draft_revise_flags(args), **sampling_fields(args))
     if args.speed_batches and min(args.speed_batches) < 1:
         raise ValueError(f"--speed-batches must be >= 1, got {args.speed_batches}")
     return request
@@ -80,9 +81,20 @@ def generated(args) -> dict:
     ref = _reference(args, ref_manifest, spec, cfg.rqvae.resolution, device)
     report = evaluate_jobs(jobs, ref, args.workers, args.local, args.device, args.pr_samples)
     report.update(_run_info(args, spec, len(jobs)), checkpoint=request.checkpoint, sampling=request.settings())
+    if cfg.stage2.model.kind == "contextual":  # what the drafts and the revised samples were drawn with
+        report["draft_and_revise"] = schedule_record(request.schedule(cfg))
     if args.speed_batches:
-        report["speed"] = sampling_speed(request, args.speed_batches, args.speed_dtype)
+        report["speed"] = sampling_speed(request, cfg, args.speed_batches, args.speed_dtype)
     return report
+
+
+def schedule_record(schedule) -> dict:
+    """A Draft-and-Revise schedule as a report records it (its phases' sampling as given)."""
+    from dataclasses import asdict
+
+    phases = {name: {k: v for k, v in asdict(getattr(schedule, name)).items() if k != "per_depth"} for name in ("draft", "revise")}
+    return {"draft_steps": schedule.draft_steps, "revise_steps": schedule.revise_steps,
+            "revise_iterations": schedule.revise_iterations, "draft_strategy": schedule.draft_strategy, **phases}
 
 
 def fitted_to_model(args, request: SampleRequest, cfg) -> tuple:
@@ -107,6 +119,10 @@ def sample_jobs(args, request: SampleRequest, spec, labels, captions, device) ->
 def from_npz(args) -> dict:
     """Already generated samples (rqscale.sample's samples.npz), evaluated in this process."""
     spec, ref_manifest = _check_inputs(args)
+    given = draft_revise_flags(args).given()
+    if given:
+        raise ValueError(f"{', '.join(given)}: Draft-and-Revise flags apply when a --checkpoint is sampled; the images of "
+                         "--samples-npz are already drawn")
     if not os.path.isfile(args.samples_npz):
         raise FileNotFoundError(f"--samples-npz file not found: '{args.samples_npz}'")
     with np.load(args.samples_npz) as data:
@@ -171,9 +187,11 @@ def _run_info(args, spec, chunks: int, local: bool = False) -> dict:
             "chunk_size": args.chunk_size, "workers": 1 if local else args.workers, "ray": not local}
 
 
-def sampling_speed(request: SampleRequest, batches: list, dtype_name: str) -> list:
-    """Fig. 4: seconds per image at the given batch sizes, on the request's device (rqscale.eval.speed)."""
-    from rqscale.eval.speed import sampling_speed as measure
+def sampling_speed(request: SampleRequest, cfg, batches: list, dtype_name: str) -> list:
+    """Fig. 4: seconds per image at the given batch sizes, on the request's device (rqscale.eval.speed).
+    A contextual checkpoint: paper Table 4's rows at each batch, Draft-and-Revise at T_draft 8 / 32 / 64
+    (the request's schedule otherwise) and the AR sampler of the same width."""
+    from rqscale.eval.speed import draft_revise_speed, sampling_speed as measure
     from rqscale.sampling.checkpoint import load_consolidated
     from rqscale.utils.memory import retain_freed_memory
 
@@ -181,7 +199,15 @@ def sampling_speed(request: SampleRequest, batches: list, dtype_name: str) -> li
         retain_freed_memory()  # large KV caches are otherwise page-faulted in afresh each call (rqscale/bench/sample.py)
     _, _, model = load_consolidated(request.checkpoint, request.device)
     dtype = torch.bfloat16 if dtype_name == "bf16" else torch.float32
-    return measure(model, batches, request.device, dtype, params=request.params, repeats=1)
+    if cfg.stage2.model.kind != "contextual":
+        return measure(model, batches, request.device, dtype, params=request.params, repeats=1)
+    rows = []
+    for table in draft_revise_speed(model, batches, request.device, dtype, request.schedule(cfg)):
+        batch = table["batch"]
+        rows.append({"batch": batch, "sampler": "ar (same width)", "seconds_per_image": table["ar_seconds_per_sample"]})
+        rows += [{"batch": batch, "sampler": f"draft-and-revise T_draft {r['draft_steps']}", "seconds_per_image":
+                  r["seconds_per_sample"], "vs_ar": r["vs_ar"], "paper_vs_ar": r["paper_vs_ar"]} for r in table["draft_and_revise"]]
+    return rows
 
 
 def recon(args) -> dict:

@@ -39,7 +39,7 @@ class RQTransformer(nn.Module):
     def __init__(self, cfg: RQTransformerConfig, code_shape: tuple, num_codes: int, code_dim: int):
         super().__init__()
         self.cfg = cfg
-        h, w, self.depth_codes = code_shape
+        h, w, self.depth_codes = self.code_shape = tuple(code_shape)
         self.positions, self.num_codes = h * w, num_codes
         ne = cfg.embed_dim
         self.register_buffer("codebook", torch.zeros(num_codes, code_dim))  # e(k), frozen RQ-VAE codebook

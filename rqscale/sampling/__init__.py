@@ -12,18 +12,24 @@ from rqscale.sampling.sampler import sample_codes
 
 
 def schedule_of(sampling_cfg, params: SamplingParams) -> DraftRevise:
-    """A contextual model's Draft-and-Revise schedule from stage2.sampling: `params` in the revise phase,
-    plain sampling in the draft (supplement A.4)."""
-    return DraftRevise(sampling_cfg.draft_steps, sampling_cfg.revise_steps, sampling_cfg.revise_iterations,
-                       draft=SamplingParams(), revise=params)
+    """A contextual model's Draft-and-Revise schedule from stage2.sampling, with `params` in the revise phase
+    and the draft phase's own settings (A.4: plain sampling)."""
+    from rqscale.sampling.contextual_flags import DraftReviseFlags
+
+    return DraftReviseFlags().schedule(sampling_cfg, params)
 
 
 def sample_stage2(model, batch: int, cond: Optional[torch.Tensor], params: SamplingParams, generator=None,
-                  schedule: Optional[DraftRevise] = None) -> torch.Tensor:
+                  schedule: Optional[DraftRevise] = None, known: Optional[torch.Tensor] = None,
+                  region: Optional[torch.Tensor] = None, keep_draft: bool = False):
     """Codes (B, T, D) of either family: autoregressive decoding, or Draft-and-Revise (`schedule`, default
-    from the model's own config: stage2.sampling is not part of the model config, so callers pass it)."""
+    DraftRevise() with `params` in the revise phase: stage2.sampling is not part of the model config, so
+    callers pass it). Contextual models only: inpainting (`known` codes, `region` to fill), and with
+    keep_draft the pair (codes, drafts)."""
     if model.cfg.kind == "contextual":
-        return draft_and_revise(model, batch, cond, schedule or DraftRevise(revise=params), generator)
+        return draft_and_revise(model, batch, cond, schedule or DraftRevise(revise=params), generator, known, region, keep_draft)
+    if known is not None or keep_draft:
+        raise ValueError("inpainting and drafts need a contextual model (stage2.model.kind=contextual)")
     return sample_codes(model, batch, cond, params, generator)
 
 

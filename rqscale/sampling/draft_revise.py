@@ -7,6 +7,8 @@ over depth autoregressively (depth KV cache), all of the group's positions in pa
   draft:  S = UPDATE(all [MASK], partition into T_draft groups)     temperature 1, no guidance (A.4)
   revise: M times S = UPDATE(S, a fresh partition into T_revise)    temperature 0.8 + guidance (A.4)
 Inpainting (supplement D.3): the partitions cover only the region to fill; known codes never change.
+For supplement Table 3's comparison the draft can instead pick each step's positions by confidence
+(rqscale/sampling/confidence.py: "top-c", "top-c-50"); the revise phase is always random.
 
 Partitions are drawn on the host, so the rows of each group are known without a device sync.
 Guidance doubles the batch with the null condition (logits = l_null + s (l_cond - l_null)), as the AR
@@ -19,8 +21,9 @@ from typing import Optional
 
 import torch
 
+from rqscale.config.validate import DRAFT_STRATEGIES
 from rqscale.models import ContextualRQTransformer
-from rqscale.sampling.filters import SamplingParams
+from rqscale.sampling.filters import SamplingParams, filter_logits
 from rqscale.sampling.sampler import _pick, _with_null
 
 
@@ -33,6 +36,7 @@ class DraftRevise:
     revise_iterations: int = 2  # M
     draft: SamplingParams = field(default_factory=SamplingParams)  # A.4: no temperature, no guidance
     revise: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.8, cfg_scale=1.8))
+    draft_strategy: str = "random"  # Eq. 12; or "top-c" / "top-c-50" (supplement Table 3)
 
 
 def balanced_partition(region: torch.Tensor, groups: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -71,15 +75,22 @@ def update(model: ContextualRQTransformer, codes: torch.Tensor, blank: torch.Ten
 
 
 def sample_stacks(model: ContextualRQTransformer, context: torch.Tensor, params: SamplingParams, batch: int,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                  generator: Optional[torch.Generator] = None, log_probs: Optional[torch.Tensor] = None) -> torch.Tensor:
     """(batch, D) codes, each stack autoregressive over depth from its spatial output (Eqs. 8-9);
-    `context` holds the guided rows' null half after the conditional one. params: resolved."""
+    `context` holds the guided rows' null half after the conditional one. params: resolved. `log_probs`
+    (batch,), if given, receives each stack's log-probability: the sum over depth of its sampled codes'
+    log-probabilities under the distributions they were drawn from (the confidence of rqscale's Top-C)."""
     rows = context.shape[0]
     cache = model.depth.new_cache(rows, model.depth_codes, context.device, context.dtype)
     stacks = torch.empty(rows, model.depth_codes, dtype=torch.long, device=context.device)
     token = (context + model.pos_depth[0]).unsqueeze(1)
+    seen = []  # the (guided) logits each depth's codes are drawn from, when log_probs is wanted
+    keep = None if log_probs is None else (lambda t, d, logits: seen.append(logits))
     for d in range(model.depth_codes):
-        stacks[:, d] = _pick(model.depth_step(token, cache), 0, d, batch, params, generator, None)
+        stacks[:, d] = _pick(model.depth_step(token, cache), 0, d, batch, params, generator, keep)
+        if log_probs is not None:
+            drawn_from = filter_logits(seen.pop(), *params.per_depth[d]).log_softmax(dim=-1)
+            log_probs += drawn_from.gather(1, stacks[:batch, d : d + 1]).squeeze(1)
         if d + 1 < model.depth_codes:
             token = model.depth_token(stacks[:, : d + 1])
     return stacks[:batch]
@@ -93,13 +104,20 @@ def draft_and_revise(model: ContextualRQTransformer, batch: int, cond: Optional[
     """Algorithm 2: codes (B, N, D), and the drafts too if keep_draft. Inpainting: `known` codes (B, N, D)
     and the `region` (B, N) bool to fill; elsewhere the known codes stay."""
     schedule = schedule or DraftRevise()
+    if schedule.draft_strategy not in DRAFT_STRATEGIES:
+        raise ValueError(f"unknown draft strategy '{schedule.draft_strategy}': use one of {', '.join(DRAFT_STRATEGIES)}")
     device = model.pos_spatial.device
     n, d = model.positions, model.depth_codes
     region = torch.ones(batch, n, dtype=torch.bool) if region is None else region.cpu()
     codes = torch.zeros(batch, n, d, dtype=torch.long, device=device) if known is None else known.clone().to(device)
     blank = region.to(device).clone()  # the draft starts from all [MASK] (in the region)
-    partition = balanced_partition(region, schedule.draft_steps, _host(generator))
-    update(model, codes, blank, partition, schedule.draft_steps, cond, schedule.draft, generator)
+    if schedule.draft_strategy == "random":
+        partition = balanced_partition(region, schedule.draft_steps, _host(generator))
+        update(model, codes, blank, partition, schedule.draft_steps, cond, schedule.draft, generator)
+    else:
+        from rqscale.sampling.confidence import confident_draft
+
+        confident_draft(model, codes, blank, region, schedule, cond, generator)
     draft = codes.clone() if keep_draft else None
     for _ in range(schedule.revise_iterations):
         partition = balanced_partition(region, schedule.revise_steps, _host(generator))

@@ -75,25 +75,37 @@ def condition_tensor(cfg, labels: Optional[Sequence[int]], captions: Optional[Se
 
 @torch.no_grad()
 def sample_images(cfg, rqvae, model, params: SamplingParams, cond: Optional[torch.Tensor], count: int, batch_size: int,
-                  gen: torch.Generator, schedule: Optional[DraftRevise] = None) -> torch.Tensor:
+                  gen: torch.Generator, schedule: Optional[DraftRevise] = None, known: Optional[torch.Tensor] = None,
+                  region: Optional[torch.Tensor] = None, drafts: Optional[list] = None) -> torch.Tensor:
     """`count` decoded images (float in [-1, 1], N x 3 x H x W, on the CPU), `batch_size` at a time. A
     contextual model decodes by Draft-and-Revise: `schedule`, else its config's stage2.sampling with
-    `params` in the revise phase."""
+    `params` in the revise phase; it can inpaint (`known` codes (count, N, D), `region` (count, N) to fill),
+    and a `drafts` list receives each batch's decoded drafts."""
     from rqscale.sampling import sample_stage2, schedule_of
 
     schedule = schedule or schedule_of(cfg.stage2.sampling, params)
     images = []
     for start in range(0, count, batch_size):
-        n = min(batch_size, count - start)
-        c = None if cond is None else cond[start : start + n]
-        codes = sample_stage2(model, n, c, params, gen, schedule)
-        images.append(rqvae.decode_codes(codes.view(n, *cfg.rqvae.code_shape)).clamp(-1, 1).cpu())
+        n, part = min(batch_size, count - start), slice(start, start + batch_size)
+        c = None if cond is None else cond[part]
+        inpaint = {} if known is None else {"known": known[part], "region": region[part]}
+        codes = sample_stage2(model, n, c, params, gen, schedule, keep_draft=drafts is not None, **inpaint)
+        if drafts is not None:
+            codes, draft = codes
+            drafts.append(decoded(cfg, rqvae, draft))
+        images.append(decoded(cfg, rqvae, codes))
     return torch.cat(images)
 
 
-def generate(request: SampleRequest, cfg, rqvae, model, count: int) -> tuple[torch.Tensor, np.ndarray]:
+def decoded(cfg, rqvae, codes: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] on the CPU from codes (B, N, D)."""
+    return rqvae.decode_codes(codes.view(codes.shape[0], *cfg.rqvae.code_shape)).clamp(-1, 1).cpu()
+
+
+def generate(request: SampleRequest, cfg, rqvae, model, count: int, drafts: Optional[list] = None) -> tuple[torch.Tensor, np.ndarray]:
     """(images, class labels (-1 for unconditional or text samples)) of `count` samples; with
-    request.rerank = N > 1, each is the best of N candidates of its caption by CLIP similarity."""
+    request.rerank = N > 1, each is the best of N candidates of its caption by CLIP similarity. A
+    `drafts` list receives the decoded drafts (contextual models)."""
     params = request.params.resolve(model.depth_codes, model.num_codes)
     labels, captions = planned_conditions(request, cfg, count)
     gen = torch.Generator(device=request.device).manual_seed(request.seed)
@@ -101,7 +113,13 @@ def generate(request: SampleRequest, cfg, rqvae, model, count: int) -> tuple[tor
         images = reranked_images(request, cfg, rqvae, model, params, captions, gen)
     else:
         cond = condition_tensor(cfg, labels, captions, request.device)
-        images = sample_images(cfg, rqvae, model, params, cond, count, request.batch_size, gen, request.schedule(cfg))
+        inpaint, schedule = {}, request.schedule(cfg)
+        if request.inpaint_image:
+            from rqscale.sampling.inpaint import fitted_to_region, inpainting_inputs
+
+            inpaint = dict(zip(("known", "region"), inpainting_inputs(request, cfg, rqvae, count, request.device)))
+            schedule = fitted_to_region(schedule, inpaint["region"])
+        images = sample_images(cfg, rqvae, model, params, cond, count, request.batch_size, gen, schedule, drafts=drafts, **inpaint)
     return images, (np.asarray(labels, dtype=np.int64) if labels else np.full(count, -1))
 
 
@@ -115,7 +133,8 @@ def reranked_images(request: SampleRequest, cfg, rqvae, model, params, captions:
     for start in range(0, len(candidates), request.batch_size):
         chunk = candidates[start : start + request.batch_size]
         cond = condition_tensor(cfg, None, chunk, request.device)
-        pending = torch.cat([pending, sample_images(cfg, rqvae, model, params, cond, len(chunk), len(chunk), gen)])
+        pending = torch.cat([pending, sample_images(cfg, rqvae, model, params, cond, len(chunk), len(chunk), gen,
+                                                   request.schedule(cfg))])
         done = len(pending) // n * n
         if done:
             first = start + len(chunk) - len(pending)  # the candidate index pending[0] has
@@ -131,12 +150,13 @@ def reject(request: SampleRequest, images: torch.Tensor, labels: np.ndarray) -> 
     return images[keep], labels[keep.numpy()]
 
 
-def sample(request: SampleRequest) -> tuple[torch.Tensor, np.ndarray]:
-    """(images, labels) of `request.num_samples` samples: its checkpoint loaded, checked, sampled."""
+def sample(request: SampleRequest, drafts: Optional[list] = None) -> tuple[torch.Tensor, np.ndarray]:
+    """(images, labels) of `request.num_samples` samples: its checkpoint loaded, checked, sampled. With
+    request.keep_drafts, a `drafts` list receives the drafts' images in batches."""
     cfg, rqvae, model = load_consolidated(request.checkpoint, request.device)
     request.check_model(cfg)
     count = candidates_needed(request.num_samples, request.acceptance_rate) if request.classifier else request.num_samples
-    images, labels = generate(request, cfg, rqvae, model, count)
+    images, labels = generate(request, cfg, rqvae, model, count, drafts if request.keep_drafts else None)
     if request.classifier:
         images, labels = reject(request, images, labels)
     return images, labels

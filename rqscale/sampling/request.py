@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from rqscale.sampling.contextual_flags import DraftReviseFlags
 from rqscale.sampling.filters import SamplingParams
 
 
@@ -27,10 +28,11 @@ class SampleRequest:
     acceptance_rate: float = 1.0  # with `classifier`: the fraction of candidates kept
     rerank: int = 1  # text models: keep the best of this many candidates per sample by CLIP similarity (B.5: 16)
     clip_model: Optional[str] = None  # with rerank > 1: a local CLIP directory (transformers save_pretrained)
-    # Contextual models (Draft-and-Revise): None takes the checkpoint's stage2.sampling value.
-    draft_steps: Optional[int] = None  # --draft-steps: T_draft
-    revise_steps: Optional[int] = None  # --revise-steps: T_revise
-    revise_iterations: Optional[int] = None  # --revise-iterations: M
+    # Contextual checkpoints only. Draft-and-Revise options (unset: the checkpoint's stage2.sampling);
+    draft_revise: DraftReviseFlags = field(default_factory=DraftReviseFlags)
+    inpaint_image: Optional[str] = None  # --inpaint: fill the --mask region of this picture (supplement D.3)
+    inpaint_mask: Optional[str] = None  # --mask: a PNG, white where the picture is to be filled
+    keep_drafts: bool = False  # --save-draft: the drafts come back too
 
     def __post_init__(self):
         object.__setattr__(self, "class_labels", tuple(self.class_labels))  # frozen: a caller's list cannot change it
@@ -44,6 +46,21 @@ class SampleRequest:
             raise ValueError("condition on class labels (--class-label) or on captions (--text), not both")
         self._check_rejection()
         self._check_rerank()
+        self.draft_revise.check()
+        self._check_contextual_outputs()
+
+    def _check_contextual_outputs(self) -> None:
+        if bool(self.inpaint_image) != bool(self.inpaint_mask):
+            raise ValueError("--inpaint IMAGE and --mask MASK_PNG go together: the picture, and where to fill it")
+        if self.inpaint_image:
+            from rqscale.sampling.inpaint import read_mask
+
+            read_mask(self.inpaint_mask, self.inpaint_image)  # both files there, the mask of the picture's size
+        selecting = [f for f, on in (("--classifier", self.classifier), ("--rerank", self.rerank > 1)) if on]
+        for wanted, on in (("--inpaint", self.inpaint_image), ("--save-draft", self.keep_drafts)):
+            if on and selecting:
+                raise ValueError(f"{wanted} cannot be combined with {selecting[0]}: it keeps every sample drawn, "
+                                 "while candidate selection drops some")
 
     def _check_rejection(self) -> None:
         if not 0.0 < self.acceptance_rate <= 1.0:
@@ -76,26 +93,12 @@ class SampleRequest:
                              "learned its null condition")
 
     def _check_draft_revise(self, cfg) -> None:
-        given = {"--draft-steps": self.draft_steps, "--revise-steps": self.revise_steps, "--revise-iterations": self.revise_iterations}
-        given = {flag: v for flag, v in given.items() if v is not None}
-        if given and cfg.stage2.model.kind != "contextual":
-            raise ValueError(f"{', '.join(given)}: Draft-and-Revise flags need a contextual checkpoint; this one is "
-                             "autoregressive (stage2.model.kind=ar)")
-        h, w, _ = cfg.rqvae.code_shape
-        for flag in ("--draft-steps", "--revise-steps"):
-            if flag in given and not 1 <= given[flag] <= h * w:
-                raise ValueError(f"{flag} {given[flag]}: the model has {h * w} positions; give 1 to {h * w} groups")
-        if given.get("--revise-iterations", 0) < 0:
-            raise ValueError(f"--revise-iterations must be >= 0, got {given['--revise-iterations']}")
+        self.draft_revise.check_model(cfg, {"--inpaint": self.inpaint_image, "--mask": self.inpaint_mask,
+                                            "--save-draft": self.keep_drafts})
 
     def schedule(self, cfg):
-        """The Draft-and-Revise schedule: these flags over the checkpoint's stage2.sampling (contextual models)."""
-        from rqscale.sampling.draft_revise import DraftRevise
-
-        sp = cfg.stage2.sampling
-        pick = lambda mine, theirs: theirs if mine is None else mine  # noqa: E731
-        return DraftRevise(pick(self.draft_steps, sp.draft_steps), pick(self.revise_steps, sp.revise_steps),
-                           pick(self.revise_iterations, sp.revise_iterations), revise=self.params)
+        """The Draft-and-Revise schedule: the flags over the checkpoint's stage2.sampling (contextual models)."""
+        return self.draft_revise.schedule(cfg.stage2.sampling, self.params)
 
     def settings(self) -> dict:
         """The sampling settings as given (one value or one per depth) and the seed: what a report records."""

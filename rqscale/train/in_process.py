@@ -24,6 +24,7 @@ def check_runnable(cfg: Config) -> None:
     """What this build cannot run, refused with the key to change, before any worker starts; a text
     config's tokenizer and captions are checked here too (reading the first sample of the shards)."""
     check_remote_files(cfg)
+    check_same_model(cfg)
     if cfg.stage == "stage2" and cfg.stage2.model.condition == "text":
         from rqscale.data.pipeline import check_text_setup
 
@@ -47,6 +48,44 @@ def check_remote_files(cfg: Config) -> None:
         problem = url and url.startswith("s3://") and unreadable(url)
         if problem:
             raise ConfigError(key, problem, f"upload the file there, or point {key} at one that exists")
+
+
+# The keys that shape a stage's weights: a run resumed under a config that changes one cannot load its
+# checkpoint (an autoregressive model's into a contextual one, say, or the reverse).
+RQVAE_SHAPE = ("rqvae.resolution", "rqvae.in_channels", "rqvae.ch", "rqvae.ch_mult", "rqvae.encoder_res_blocks",
+               "rqvae.decoder_res_blocks", "rqvae.attn_resolutions", "rqvae.z_channels", "rqvae.code_shape",
+               "rqvae.num_codes", "rqvae.code_dim", "rqvae.shared_codebook", "stage1.loss.disc_layers", "stage1.loss.disc_ndf")
+STAGE2_SHAPE = ("stage2.model.kind", "stage2.model.embed_dim", "stage2.model.num_heads", "stage2.model.spatial_layers",
+                "stage2.model.depth_layers", "stage2.model.mlp_ratio", "stage2.model.condition", "rqvae.code_shape",
+                "rqvae.num_codes", "rqvae.code_dim")
+CONDITION_SHAPE = {"class": ("stage2.model.num_classes",), "text": ("stage2.model.text_vocab", "stage2.model.text_length")}
+
+
+def shape_keys(cfg: Config) -> tuple:
+    if cfg.stage == "stage1":
+        return RQVAE_SHAPE
+    return STAGE2_SHAPE + CONDITION_SHAPE.get(cfg.stage2.model.condition, ())
+
+
+def check_same_model(cfg: Config) -> None:
+    """A run that will resume from a checkpoint must build the model that wrote it: a changed key of its
+    shape is named here, before any worker starts, rather than failing in a worker's state-dict load."""
+    import yaml
+
+    from rqscale.data.storage import exists, join, read_bytes
+    from rqscale.train import checkpoint as ckpt
+
+    found = ckpt.latest_complete(run_uri_of(cfg))
+    if found is None or not exists(join(found[0], "config.yaml")):
+        return
+    saved = yaml.safe_load(read_bytes(join(found[0], "config.yaml")))
+    for key in shape_keys(cfg):
+        before = functools.reduce(lambda d, k: d.get(k) if isinstance(d, dict) else None, key.split("."), saved)
+        now = functools.reduce(getattr, key.split("."), cfg)
+        if before is not None and before != now:
+            raise ConfigError(key, f"run '{run_uri_of(cfg)}' resumes from {found[0].rsplit('/', 1)[-1]}, written by a model "
+                              f"with {key}={before}, but this config has {now}",
+                              f"set {key}={before} to resume it, or give the new model its own run.name")
 
 
 def run(cfg: Config, log: Callable[[str], None] = print) -> dict:

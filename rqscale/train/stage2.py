@@ -76,6 +76,8 @@ def sample_picture(task: Stage2Task, path: str, seed: int, per_row: int = 8,
     model.train()
     rows_are = {"class": "one row per class", "text": "one row per caption"}.get(model.cfg.condition, "unconditional")
     title = f"RQ-Transformer samples, {rows_are}\n{_describe(params)}"
+    if model.cfg.kind == "contextual":
+        title = f"Contextual RQ-Transformer samples, {rows_are}\n{_describe_draft_revise(task.cfg.stage2.sampling, params)}"
     _save_arrays(rows, conds, labels, os.path.splitext(path)[0] + ".npz")
     return save_grid(rows, path, scale=max(1, 64 // rows[0].shape[-1]), labels=labels, title=title)
 
@@ -142,3 +144,12 @@ def _describe(params: SamplingParams) -> str:
     top_k, top_p = params.top_k or "off", params.top_p if params.top_p not in (None, 1.0) else "off"
     text = f"temperature {params.temperature}, top-k {top_k}, top-p {top_p}"
     return text + (f", guidance scale {params.cfg_scale}" if params.cfg_scale != 1.0 else "")
+
+
+def _describe_draft_revise(sampling_cfg, params: SamplingParams) -> str:
+    """Draft-and-Revise's schedule in the title: the draft's steps, then the revisions and their sampling."""
+    schedule = schedule_of(sampling_cfg, params)
+    draft = f"draft in {schedule.draft_steps} {schedule.draft_strategy} steps"
+    if _describe(schedule.draft) != _describe(SamplingParams()):  # the draft is not plain sampling (A.4's)
+        draft += f" ({_describe(schedule.draft)})"
+    return f"{draft}, then {schedule.revise_iterations} revisions of {schedule.revise_steps} steps at {_describe(params)}"

@@ -163,7 +163,31 @@ def test_bad_arguments_exit_2_naming_the_flag(trained_stage2, demo, tmp_path, mo
              (["samples", "--checkpoint", checkpoint, "--class-balanced"], "--num-samples"),
              (["samples", "--checkpoint", checkpoint, "--num-samples", "10", "--class-balanced", "--reference", "nope.json"], "--reference"),
              (["clip", "--checkpoint", checkpoint, "--num-samples", "2", "--clip-model", str(tmp_path / "noclip")], "noclip"),
-             (["recon", "--rqvae", str(tmp_path / "none.pt"), "--reference", demo["digits"]], "--rqvae-config")]
+             (["recon", "--rqvae", str(tmp_path / "none.pt"), "--reference", demo["digits"]], "--rqvae-config"),
+             (["samples", "--samples-npz", str(tmp_path / "s.npz"), "--draft-steps", "8"], "--draft-steps: Draft-and-Revise flags apply"),
+             (["samples", "--checkpoint", checkpoint, "--num-samples", "10", "--class-balanced", "--draft-steps", "8"],
+              "--draft-steps: this flag needs a contextual checkpoint")]
     for args, flag in cases:
         code, err = run_main(capsys, *args, *(ext if args[0] != "clip" else []), "--out", out)
         assert code == 2 and flag in err and "Traceback" not in err, (args, err)
+
+
+def test_a_contextual_checkpoint_reports_its_drafts_and_table_4_speeds(demo, tmp_path):
+    """Supplement Table 3's two columns (drafts, revised) from one sampling pass, and Table 4's speeds."""
+    from tests.integration.test_contextual_sampling import DEBUG_CONTEXTUAL, random_checkpoint
+
+    checkpoint = random_checkpoint(tmp_path / "ctx.pt", DEBUG_CONTEXTUAL)
+    proc = evaluate("samples", "--checkpoint", checkpoint, "--reference", demo["digits"], "--num-reference", "200",
+                    "--num-samples", "40", "--class-balanced", "--feature-extractor", demo["extractor"], "--cache-dir",
+                    demo["cache"], "--chunk-size", "20", "--local", "--draft-steps", "4", "--speed-batches", "4",
+                    "--out", str(tmp_path / "ctx.json"))
+    report = json.loads((tmp_path / "ctx.json").read_text())
+    drafts = report["drafts"]
+    assert finite(report, "fid", "is", "precision", "recall") and finite(drafts, "fid", "is", "precision", "recall")
+    assert drafts["num_samples"] == report["num_samples"] == 40 and drafts["fid"] != report["fid"]
+    assert "drafts: fid" in proc.stdout
+    schedule = report["draft_and_revise"]  # what both columns were drawn with: --draft-steps over the checkpoint's
+    assert (schedule["draft_steps"], schedule["revise_steps"], schedule["revise_iterations"], schedule["draft_strategy"]) == (4, 2, 2, "random")
+    samplers = [row["sampler"] for row in report["speed"]]
+    assert samplers == ["ar (same width)"] + [f"draft-and-revise T_draft {t}" for t in (8, 32, 64)]
+    assert all(row["seconds_per_image"] > 0 for row in report["speed"]) and report["speed"][3]["paper_vs_ar"] == 0.13 / 0.04

@@ -129,3 +129,32 @@ def test_the_loss_ignores_the_targets_of_visible_stacks(soft):
         assert torch.allclose(loss(visible), base) and not torch.allclose(loss(hidden), base)
     else:
         assert 0 < float(base) and float(base) < 2 * math.log(k)
+
+
+@pytest.mark.parametrize("condition", ["class", "text"])
+def test_activation_checkpointing_gives_the_same_gradients(condition):
+    """The bidirectional stack (and a caption's attention mask) recomputed in the backward pass."""
+    model = small(condition).train()
+    codes, masked, _ = torch.randint(0, 32, (2, 16, 3)), *draw_masks(2, 16, torch.Generator().manual_seed(0))
+    index = masked.flatten().nonzero().squeeze(1)
+    cond = torch.tensor([1, 2]) if condition == "class" else torch.randint(1, 50, (2, 6))
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.set_checkpointing(enabled)
+        model(codes, masked, index, cond).logits.logsumexp(-1).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+A4 = {"imagenet_371m.yaml": (1.4, 3, 2), "imagenet_821m.yaml": (1.8, 2, 2), "imagenet_1.4b.yaml": (2.0, 2, 2),  # supplement A.4:
+      "cc3m_366m.yaml": (1.1, 2, 4), "cc3m_654m.yaml": (1.1, 2, 4)}  # guidance, M, T_revise
+
+
+@pytest.mark.parametrize("name", sorted(A4))
+def test_each_size_samples_with_its_supplement_a4_schedule(name):
+    sp = load(os.path.join(REPO, "configs", "contextual", name), check_files=False).stage2.sampling
+    assert (sp.cfg_scale, sp.revise_iterations, sp.revise_steps) == A4[name]
+    assert (sp.temperature, sp.draft_steps, sp.draft_temperature, sp.draft_cfg_scale, sp.draft_strategy) == (0.8, 64, 1.0, 1.0, "random")

@@ -77,3 +77,17 @@ def test_bench_cli_prints_per_batch_speed_and_scaling():
     assert set(result["batches"][0]) == {"batch", "seconds", "seconds_per_image", "images_per_second"}
     assert result["batch_scaling"]["seconds_per_image_ratio"] > 0 and "cores" in result["machine"]
     assert result["cache_speedup"] > 0 and result["fp32_images_per_s"] > 0
+
+
+def test_bench_cli_times_draft_and_revise_against_ar_for_a_contextual_config():
+    cmd = [sys.executable, "-m", "rqscale.bench", "sample", "--config", "configs/debug/contextual.yaml", "--batch", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "AR sampler, same width" in done.stdout and "(paper Table 4, A100: 3.25x)" in done.stdout
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = result["draft_and_revise"]
+    assert [r["draft_steps"] for r in rows] == [8, 32, 64] and result["ar_seconds_per_sample"] > 0
+    # more draft steps, more spatial passes: the time grows with T_draft as in Table 4
+    assert rows[0]["seconds_per_sample"] < rows[2]["seconds_per_sample"]
+    assert all(r["vs_ar"] == pytest.approx(r["seconds_per_sample"] / result["ar_seconds_per_sample"]) for r in rows)
