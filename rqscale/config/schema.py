@@ -20,9 +20,25 @@ class RunConfig:
 
 
 @dataclass
+class DQConfig:
+    """Dynamic grained coding of the DQ-VAE (Huang et al., CVPR 2023; rqscale/models/dqvae.py). Values from
+    the supplement (S) and the authors' code (R: CrossmodalGroup/DynamicVectorQuantization, learned-router
+    config dqvae-dual-r-05_imagenet.yml)."""
+
+    fine_ratio: float = 0.5  # r_f, the budget's target share of fine regions (S, R target_ratio)
+    budget_weight: float = 10.0  # lambda of the budget loss (S Table 1: 10 best). R's code adds its loss twice
+    # (budget.py), an effective 20; rqscale follows the paper's lambda.
+    gumbel_tau: float = 1.0  # R: F.gumbel_softmax's default
+    coarse_commit_weight: float = 0.25  # R: each of a coarse region's 4 copies weighs 1/4 in the commitment loss
+    decoder_ch_mult: List[int] = field(default_factory=lambda: [1, 1, 2, 2])  # R: decoder from the 32 x 32 (F = 8) latent
+    decoder_attn_resolutions: List[int] = field(default_factory=lambda: [32])  # R: attention at 32 x 32 only
+
+
+@dataclass
 class RQVAEConfig:
     """VQGAN-style encoder/decoder around a residual quantizer (A.1, ref)."""
 
+    kind: str = "rq"  # rq: RQ-VAE (CVPR 2022); dq: DQ-VAE, dynamic grains (CVPR 2023, rqscale/models/dqvae.py)
     resolution: int = 256
     in_channels: int = 3
     ch: int = 128
@@ -38,6 +54,7 @@ class RQVAEConfig:
     shared_codebook: bool = True  # Sec. 3.1.2; False = App. C.3 variant
     ema_decay: float = 0.99  # ref
     restart_unused: bool = True  # A.3: random restart of unused codes (JukeBox)
+    dq: DQConfig = field(default_factory=DQConfig)  # the DQ-VAE's settings (rqscale/models/dqvae.py)
 
 
 @dataclass

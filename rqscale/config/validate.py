@@ -9,6 +9,7 @@ from rqscale.config.schema import Config
 
 STAGES = ("stage1", "stage2")
 CONDITIONS = ("none", "class", "text")
+STAGE1_KINDS = ("rq", "dq")  # rqscale.models.STAGE1_MODELS
 STAGE2_KINDS = ("ar", "contextual")  # rqscale.models.STAGE2_MODELS
 DRAFT_STRATEGIES = ("random", "top-c", "top-c-50")  # rqscale.sampling.draft_revise
 DATA_KINDS = ("bundled", "webdataset")
@@ -79,6 +80,8 @@ def _check_ranges(cfg: Config) -> None:
 
 
 def _check_rqvae_ranges(m) -> None:
+    if m.kind not in STAGE1_KINDS:
+        raise ConfigError("rqvae.kind", f"unknown stage-1 family '{m.kind}'", f"choose one of {', '.join(STAGE1_KINDS)}")
     for key in ("resolution", "in_channels", "ch", "z_channels", "num_codes", "code_dim", "encoder_res_blocks", "decoder_res_blocks"):
         _positive(f"rqvae.{key}", getattr(m, key))
     if not m.ch_mult or any(k < 1 for k in m.ch_mult):
@@ -88,6 +91,18 @@ def _check_rqvae_ranges(m) -> None:
     if not 0.0 < m.ema_decay < 1.0:
         raise ConfigError("rqvae.ema_decay", f"{m.ema_decay} is outside (0, 1)", "use a decay in (0, 1); the paper uses 0.99")
     _fraction("rqvae.dropout", m.dropout)
+    _check_dq_ranges(m.dq)
+
+
+def _check_dq_ranges(dq) -> None:
+    if not 0.0 < dq.fine_ratio < 1.0:
+        raise ConfigError("rqvae.dq.fine_ratio", f"{dq.fine_ratio} is outside (0, 1)",
+                          "give the share of regions coded finely, strictly between 0 and 1 (the paper uses 0.5)")
+    _positive("rqvae.dq.gumbel_tau", dq.gumbel_tau)
+    _positive("rqvae.dq.budget_weight", dq.budget_weight, strict=False)
+    if not 0.0 < dq.coarse_commit_weight <= 1.0:
+        raise ConfigError("rqvae.dq.coarse_commit_weight", f"{dq.coarse_commit_weight} is outside (0, 1]",
+                          "weigh each copy of a coarse region in (0, 1]: 0.25 counts the region once (the reference)")
 
 
 def _check_stage1_ranges(cfg: Config) -> None:
@@ -174,12 +189,38 @@ def _check_engine(cfg: Config) -> None:
             _positive(key, value)
 
 
+def check_dq_shape(m) -> None:
+    """The DQ-VAE codes 16 x 16-pixel regions once or as 2 x 2 codes: its encoder ends at F = 16, and its
+    code map is the F = 8 grid, one code deep (rqscale/models/dqvae.py)."""
+    if m.resolution % 16:
+        raise ConfigError("rqvae.resolution", f"{m.resolution} is not divisible by 16",
+                          "the DQ-VAE codes 16 x 16-pixel regions: use a multiple of 16 (e.g. 256)")
+    if 2 ** (len(m.ch_mult) - 1) != 16:
+        raise ConfigError("rqvae.ch_mult", f"{list(m.ch_mult)} has {len(m.ch_mult) - 1} downsamplings, not 4",
+                          "give 5 levels so the coarse grain is F = 16, e.g. [1,1,2,2,4] (the reference's)")
+    fine = m.resolution // 8
+    if list(m.code_shape) != [fine, fine, 1]:
+        raise ConfigError("rqvae.code_shape", f"{list(m.code_shape)} is not the DQ-VAE's F = 8 code map",
+                          f"set rqvae.code_shape=[{fine},{fine},1]")
+
+
 def _check_code_shape(cfg: Config) -> None:
     m = cfg.rqvae
     if len(m.code_shape) != 3:
         raise ConfigError("rqvae.code_shape", f"{list(m.code_shape)} is not [H, W, D]", "write e.g. rqvae.code_shape=[8,8,4]")
     if not m.ch_mult:
         raise ConfigError("rqvae.ch_mult", "is empty", "give one multiplier per resolution level, e.g. [1,1,2,2,4,4]")
+    if m.kind == "dq":
+        check_dq_shape(m)
+    else:
+        _check_rq_shape(m)
+    levels = {m.resolution // 2**i for i in range(len(m.ch_mult))}
+    bad = [r for r in m.attn_resolutions + (m.dq.decoder_attn_resolutions if m.kind == "dq" else []) if r not in levels]
+    if bad:
+        raise ConfigError("rqvae.attn_resolutions", f"{bad} is not among the encoder's resolutions {sorted(levels)}", "pick resolutions the encoder passes through")
+
+
+def _check_rq_shape(m) -> None:
     latent = m.resolution // 2 ** (len(m.ch_mult) - 1)
     h, w, depth = m.code_shape
     if m.resolution % 2 ** (len(m.ch_mult) - 1) or (h, w) != (latent, latent):
@@ -189,10 +230,6 @@ def _check_code_shape(cfg: Config) -> None:
             f"set rqvae.code_shape=[{latent},{latent},{depth}] or change rqvae.ch_mult/rqvae.resolution",
         )
     _positive("rqvae.code_shape[2] (depth D)", depth)
-    levels = {m.resolution // 2**i for i in range(len(m.ch_mult))}
-    bad = [r for r in m.attn_resolutions if r not in levels]
-    if bad:
-        raise ConfigError("rqvae.attn_resolutions", f"{bad} is not among the encoder's resolutions {sorted(levels)}", "pick resolutions the encoder passes through")
 
 
 def _fraction(key: str, value: float) -> None:
@@ -215,6 +252,9 @@ def _check_stage2(cfg: Config) -> None:
     _positive("stage2.loss.text_weight", loss.text_weight, strict=False)
     _positive("stage2.loss.image_weight", loss.image_weight)
     _check_optim("stage2.optim", o)
+    if cfg.stage == "stage2" and cfg.rqvae.kind == "dq":
+        raise ConfigError("rqvae.kind", "stage 2 on DQ-VAE codes (the DQ-Transformer) is not built yet",
+                          "train stage 2 on an RQ-VAE (rqvae.kind=rq); a DQ-VAE trains as stage 1")
     if cfg.stage == "stage2" and not cfg.rqvae.shared_codebook:
         raise ConfigError("rqvae.shared_codebook", "the RQ-Transformer embeds codes with one shared codebook (Eq. 10)",
                           "train stage 2 on an RQ-VAE with rqvae.shared_codebook=true")
@@ -239,6 +279,8 @@ def _check_sampling(cfg: Config) -> None:
 
 
 def _check_draft_revise(cfg: Config) -> None:
+    if cfg.stage2.model.kind != "contextual":  # an autoregressive model never reads these
+        return
     sp, (h, w, _) = cfg.stage2.sampling, cfg.rqvae.code_shape
     for key in ("draft_steps", "revise_steps"):
         value = getattr(sp, key)

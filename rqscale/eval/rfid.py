@@ -33,14 +33,14 @@ def rqvae_config_path(weights: str, config: str | None) -> str:
 def load_rqvae(weights: str, config: str, device: str = "cpu"):
     """The RQ-VAE from its state dict and YAML, as stage 2 loads `stage2.rqvae_checkpoint`."""
     from rqscale.config import from_yaml_text
-    from rqscale.models import RQVAE
+    from rqscale.models import build_stage1_model
     from rqscale.train.stage1 import load_init_weights
 
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"RQ-VAE weights not found: '{weights}' (--rqvae wants the rqvae.pt a stage-1 run writes)")
     with open(config) as f:
         cfg = from_yaml_text(f.read())
-    model = RQVAE(cfg.rqvae)
+    model = build_stage1_model(cfg.rqvae)  # an RQ-VAE or a DQ-VAE (rqvae.kind)
     load_init_weights(model, weights, "--rqvae")
     return model.to(device).eval()
 

@@ -1,9 +1,16 @@
 """Architectures only: no losses, parallelism or checkpointing."""
 from rqscale.models.contextual import ContextualOutput, ContextualRQTransformer
+from rqscale.models.dqvae import DQVAE, DQVAEOutput
 from rqscale.models.rqtransformer import RQTransformer, RQTransformerOutput
 from rqscale.models.rqvae import RQVAE, RQVAEOutput
 
+STAGE1_MODELS = {"rq": RQVAE, "dq": DQVAE}  # rqvae.kind
 STAGE2_MODELS = {"ar": RQTransformer, "contextual": ContextualRQTransformer}  # stage2.model.kind
+
+
+def build_stage1_model(rqvae_cfg) -> RQVAE:
+    """The stage-1 family rqvae.kind names: the RQ-VAE (CVPR 2022) or the DQ-VAE (CVPR 2023)."""
+    return STAGE1_MODELS[rqvae_cfg.kind](rqvae_cfg)
 
 
 def build_stage2_model(model_cfg, code_shape, num_codes: int, code_dim: int) -> RQTransformer:
@@ -12,5 +19,5 @@ def build_stage2_model(model_cfg, code_shape, num_codes: int, code_dim: int) -> 
     return STAGE2_MODELS[model_cfg.kind](model_cfg, tuple(code_shape), num_codes, code_dim)
 
 
-__all__ = ["ContextualOutput", "ContextualRQTransformer", "RQTransformer", "RQTransformerOutput", "RQVAE", "RQVAEOutput",
-           "STAGE2_MODELS", "build_stage2_model"]
+__all__ = ["ContextualOutput", "ContextualRQTransformer", "DQVAE", "DQVAEOutput", "RQTransformer", "RQTransformerOutput", "RQVAE",
+           "RQVAEOutput", "STAGE1_MODELS", "STAGE2_MODELS", "build_stage1_model", "build_stage2_model"]

@@ -29,28 +29,42 @@ def _mid(channels: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(ResnetBlock(channels, channels, dropout), AttnBlock(channels), ResnetBlock(channels, channels, dropout))
 
 
-class Encoder(nn.Module):
+class EncoderTrunk(nn.Module):
+    """The VQGAN encoder's levels: residual (and attention) blocks, a downsample between levels."""
+
     def __init__(self, cfg: RQVAEConfig):
         super().__init__()
-        chans = [cfg.ch * m for m in cfg.ch_mult]
+        self.channels = [cfg.ch * m for m in cfg.ch_mult]
         self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
         self.levels, self.downs = nn.ModuleList(), nn.ModuleList()
         res, in_ch = cfg.resolution, cfg.ch
-        for i, out_ch in enumerate(chans):
+        for i, out_ch in enumerate(self.channels):
             self.levels.append(_level(in_ch, out_ch, cfg.encoder_res_blocks, res in cfg.attn_resolutions, cfg.dropout))
-            last = i == len(chans) - 1
+            last = i == len(self.channels) - 1
             self.downs.append(nn.Identity() if last else Downsample(out_ch))
             res, in_ch = (res if last else res // 2), out_ch
+
+    def level_outputs(self, x: torch.Tensor) -> list:
+        """Each level's output, before the downsample that follows it."""
+        h, outputs = self.conv_in(x), []
+        for level, down in zip(self.levels, self.downs):
+            for layer in level:
+                h = layer(h)
+            outputs.append(h)
+            h = down(h)
+        return outputs
+
+
+class Encoder(EncoderTrunk):
+    def __init__(self, cfg: RQVAEConfig):
+        super().__init__(cfg)
+        in_ch = self.channels[-1]
         self.mid = _mid(in_ch, cfg.dropout)
         self.norm_out = group_norm(in_ch)
         self.conv_out = nn.Conv2d(in_ch, cfg.z_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv_in(x)
-        for level, down in zip(self.levels, self.downs):
-            for layer in level:
-                h = layer(h)
-            h = down(h)
+        h = self.level_outputs(x)[-1]
         return self.conv_out(F.silu(self.norm_out(self.mid(h))))
 
 
@@ -87,7 +101,22 @@ class RQVAEOutput:
     latents: torch.Tensor  # Z = E(X), channels-last (B, H, W, n_z)
 
 
-class RQVAE(nn.Module):
+class CodeDecoding:
+    """What stage-1 models share once their codes exist: decoding them, and the decoder's last layer.
+    Needs `quantizer` (decode(codes, depth)) and `decode_latents` (channels-last latents -> images)."""
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """G(Z^(d)) from codes (B, H, W, D): the coarse-to-fine reconstructions of Fig. 5."""
+        return self.decode_latents(self.quantizer.decode(codes, depth=depth))
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        """The decoder's last conv weight: where VQGAN's adaptive GAN weight is measured."""
+        return self.decoder.conv_out.weight
+
+
+class RQVAE(CodeDecoding, nn.Module):
     def __init__(self, cfg: RQVAEConfig):
         super().__init__()
         self.cfg = cfg
@@ -117,13 +146,3 @@ class RQVAE(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (B, 3, H0, W0) -> codes (B, H, W, D)."""
         return self.quantizer.encode(self.latents(images))
-
-    @torch.no_grad()
-    def decode_codes(self, codes: torch.Tensor, depth: int | None = None) -> torch.Tensor:
-        """G(Z^(d)) from codes (B, H, W, D): the coarse-to-fine reconstructions of Fig. 5."""
-        return self.decode_latents(self.quantizer.decode(codes, depth=depth))
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        """The decoder's last conv weight: where VQGAN's adaptive GAN weight is measured."""
-        return self.decoder.conv_out.weight

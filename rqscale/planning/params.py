@@ -27,10 +27,10 @@ def build_stage2(cfg: Config) -> torch.nn.Module:
 def build_stage1(cfg: Config) -> tuple:
     """(RQ-VAE, PatchGAN discriminator) on the meta device."""
     from rqscale.losses import PatchDiscriminator
-    from rqscale.models import RQVAE
+    from rqscale.models import build_stage1_model
 
     with torch.device("meta"):
-        model = RQVAE(cfg.rqvae)
+        model = build_stage1_model(cfg.rqvae)
         disc = PatchDiscriminator(cfg.rqvae.in_channels, cfg.stage1.loss.disc_ndf, cfg.stage1.loss.disc_layers)
     return model, disc
 

@@ -1,9 +1,10 @@
-"""Stage 1 as a task: RQ-VAE + its losses -> dicts of named losses (what an engine wraps).
+"""Stage 1 as a task: RQ-VAE (or DQ-VAE) + its losses -> dicts of named losses (what an engine wraps).
 
 Generator objective (Sec. 3.1.3, A.3, ref):
   L = MSE(X, X^) + beta * L_commit + w_lpips * LPIPS(X, X^) + lambda * w_disc * L_G(D(X^))
 with lambda VQGAN's adaptive weight on the decoder's last conv, active from `disc_start`.
 Discriminator objective: w_disc * hinge loss on real vs detached reconstructions (ref scales it too).
+The DQ-VAE (rqvae.kind=dq) adds its budget loss and reconstructs under L1, as its reference does.
 """
 from __future__ import annotations
 
@@ -14,14 +15,15 @@ from torch import nn
 from rqscale.config.schema import Config
 from rqscale.config.validate import default_lpips_backbone
 from rqscale.losses import D_LOSSES, G_LOSSES, PatchDiscriminator, adaptive_weight, build_lpips, perceptual_loss
-from rqscale.models import RQVAE
+from rqscale.models import DQVAEOutput, build_stage1_model
+from rqscale.models.dqvae import codes_per_image
 
 
 class Stage1Task(nn.Module):
     def __init__(self, cfg: Config):
         super().__init__()
         self.loss_cfg = cfg.stage1.loss
-        self.rqvae = RQVAE(cfg.rqvae)
+        self.rqvae = build_stage1_model(cfg.rqvae)  # rqvae.kind: the RQ-VAE or the DQ-VAE
         self.discriminator = PatchDiscriminator(cfg.rqvae.in_channels, cfg.stage1.loss.disc_ndf, cfg.stage1.loss.disc_layers)
         self.lpips = None
         if cfg.stage1.loss.lpips_weight > 0:
@@ -42,11 +44,17 @@ class Stage1Task(nn.Module):
     def generator_losses(self, images: torch.Tensor, step: int) -> dict:
         """Named generator losses; 'total' is what to backpropagate. 'reconstruction' is detached."""
         out = self.rqvae(images)
-        recon = F.mse_loss(out.reconstruction.float(), images.float())  # Eq. 6 (ref: mean)
+        dq = isinstance(out, DQVAEOutput)
+        # Eq. 6 (ref: mean squared error); the DQ-VAE's reference trains on the absolute error (taming's L1)
+        recon = (F.l1_loss if dq else F.mse_loss)(out.reconstruction.float(), images.float())
         lpips = self._lpips(images, out.reconstruction)
         losses = {"recon": recon.detach(), "commit": out.commitment_loss.detach(), "lpips": lpips.detach()}
         nll = recon + self.loss_cfg.lpips_weight * lpips
         total = nll + self.loss_cfg.beta * out.commitment_loss
+        if dq:  # the budget that steers the share of fine regions to rqvae.dq.fine_ratio
+            total = total + out.budget_loss
+            losses.update(budget=out.budget_loss.detach(), fine_share=out.fine_share,
+                          codes_per_image=codes_per_image(out.grain).float().mean())
         if self.disc_active(step):
             g_loss = self.g_loss_fn(self.discriminator(out.reconstruction))
             g_weight = adaptive_weight(nll, g_loss, self.rqvae.last_layer)

@@ -24,7 +24,7 @@ import json
 
 import torch
 
-from rqscale.config.schema import Config, RQTransformerConfig, RQVAEConfig, Stage1LossConfig
+from rqscale.config.schema import Config, DQConfig, RQTransformerConfig, RQVAEConfig, Stage1LossConfig
 
 # Forward + backward, backward at 2x forward (gradients w.r.t. activations and w.r.t. weights).
 TRAIN_PER_FORWARD = 3
@@ -176,7 +176,8 @@ def _forward_parts(task, images: torch.Tensor) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def _stage1_cached(rqvae_json: str, loss_json: str) -> tuple:
-    r = RQVAEConfig(**json.loads(rqvae_json))
+    fields = json.loads(rqvae_json)
+    r = RQVAEConfig(**{**fields, "dq": DQConfig(**fields["dq"])})
     loss = Stage1LossConfig(**json.loads(loss_json))
     task, mode, images = fake_stage1(r, loss)
     with mode:

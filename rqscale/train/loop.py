@@ -36,7 +36,7 @@ from rqscale.utils.peak import resolve_peak
 # Called before each step as hook(step=, rank=, fresh=, log_dir=): how tests and the recovery benchmark
 # inject faults (rqscale/bench/faults.py). `fresh` is False in an attempt that resumed a checkpoint.
 StepHook = Callable[..., None]
-PROGRESS_KEYS = {"stage1": ("g/recon", "g/commit", "g/lpips", "g/code_usage", "lr"),
+PROGRESS_KEYS = {"stage1": ("g/recon", "g/commit", "g/lpips", "g/code_usage", "g/fine_share", "g/codes_per_image", "lr"),
                  "stage2": ("loss", "depth1", "text", "grad_norm", "lr")}  # text: text models only
 
 

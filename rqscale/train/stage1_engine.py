@@ -17,12 +17,12 @@ from rqscale.config import Config
 from rqscale.engine import EngineModule, build_engine, deepspeed_config, fp32_state_dict_from_checkpoint
 from rqscale.engine import load_engine_checkpoint, save_engine_checkpoint
 from rqscale.engine.precision import with_resolved_precision
-from rqscale.models import RQVAE
+from rqscale.models import build_stage1_model
 from rqscale.quantizer import code_histogram
 from rqscale.tasks import Stage1Task
 from rqscale.train.engine_step import engine_step
 from rqscale.train.optim import build_optimizer, build_scheduler
-from rqscale.train.stage1 import load_init_weights, reconstruction_picture
+from rqscale.train.stage1 import grain_picture, load_init_weights, reconstruction_picture
 from rqscale.utils.collectives import DeviceCollectives
 
 GENERATOR, DISCRIMINATOR = "generator", "discriminator"
@@ -121,6 +121,8 @@ class Stage1Engines:
         if dist.get_rank() != 0:
             return None
         held_out = self.held_out_images()
+        if self.cfg.rqvae.kind == "dq":
+            return grain_picture(self.task.rqvae, held_out[:8], path)
         return reconstruction_picture(self.task.rqvae, held_out[:8], path)
 
     def held_out_images(self) -> torch.Tensor:
@@ -130,7 +132,7 @@ class Stage1Engines:
 
 
 def export_stage1(cfg: Config, checkpoint_dir: str, path: str) -> str:
-    model = RQVAE(cfg.rqvae)
+    model = build_stage1_model(cfg.rqvae)
     model.load_state_dict(fp32_state_dict_from_checkpoint(checkpoint_dir, GENERATOR))
     tmp = path + ".tmp"
     torch.save(model.state_dict(), tmp)

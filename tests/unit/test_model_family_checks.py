@@ -65,3 +65,11 @@ def test_bad_draft_and_revise_values_name_their_flag(flags, message):
     with pytest.raises(ValueError) as err:
         flags.check()
     assert message in str(err.value)
+
+
+def test_draft_and_revise_settings_are_checked_for_contextual_models_only():
+    """An autoregressive config never reads stage2.sampling.draft_steps, so a code map smaller than its default
+    (e.g. a stage-1 config's) must not be refused over it."""
+    load(DEBUG_STAGE2, ["stage2.sampling.draft_steps=1000"], check_files=False)
+    with pytest.raises(ConfigError, match="'stage2.sampling.draft_steps': 1000 groups for 64 positions"):
+        load(DEBUG_CONTEXTUAL, ["stage2.sampling.draft_steps=1000"], check_files=False)
