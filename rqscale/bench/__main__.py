@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     q.add_argument("--repeats", type=int, default=5)
     q.add_argument("--device", default="cpu")
     s = sub.add_parser("sample", help="RQ-Transformer sampling: s/image by batch (Fig. 4), KV cache, scaling with T, bf16 vs fp32; "
-                       "a contextual config: Draft-and-Revise at T_draft 8/32/64 vs AR (Table 4) at --batch only")
+                       "a contextual config: Draft-and-Revise at T_draft 8/32/64 vs AR (Table 4) at --batch only; "
+                       "a dq config: KV-cached vs prefix-recomputing DQ-Transformer sampling at --batch")
     s.add_argument("--config", default="configs/debug/stage2_bench.yaml")
     s.add_argument("--batches", type=int, nargs="+", default=[100, 200, 500], help="batch sizes for s/image (paper Fig. 4)")
     s.add_argument("--batch", type=int, default=100, help="batch for the KV-cache, 16x16 and bf16/fp32 measurements")
@@ -65,8 +66,13 @@ def main(argv=None) -> int:
         from rqscale.bench import sample
         from rqscale.config import load
 
-        if load(args.config, check_files=False).stage2.model.kind == "contextual":
+        kind = load(args.config, check_files=False).stage2.model.kind
+        if kind == "contextual":
             print(sample.report_contextual(sample.run_contextual(args.config, args.batch, args.device)))
+        elif kind == "dq":
+            from rqscale.bench import dq
+
+            print(dq.report(dq.run(args.config, args.batch, args.device)))
         else:
             print(sample.report(sample.run(args.config, args.batch, args.device, args.baseline_batch, tuple(args.batches))))
     return 0

@@ -97,7 +97,8 @@ class Stage1Config:
 class RQTransformerConfig:
     """Spatial + depth transformers (Sec. 3.2.2, A.2). Defaults: the ImageNet 821M row of Table A.1."""
 
-    kind: str = "ar"  # ar: RQ-Transformer (CVPR 2022); contextual: Contextual RQ-Transformer (NeurIPS 2022)
+    kind: str = "ar"  # ar: RQ-Transformer (CVPR 2022); contextual: Contextual RQ-Transformer (NeurIPS 2022);
+    # dq: DQ-Transformer (CVPR 2023) on DQ-VAE codes, spatial_layers its Position- and depth_layers its Content-Transformer
     embed_dim: int = 1536  # n_e
     num_heads: int = 24
     spatial_layers: int = 24  # N_spatial
@@ -112,6 +113,7 @@ class RQTransformerConfig:
     text_length: int = 32  # A.2: 32 text tokens, T = 32 + 64 - 1 = 95
     cond_dropout: float = 0.0  # > 0 learns a null condition for classifier-free guidance (paper: 0)
     activation_checkpointing: bool = False
+    max_length: int = 2048  # dq only: rows of the absolute position table (R: block_size); sequences reach 4 h w + 4
 
 
 @dataclass

@@ -10,7 +10,7 @@ from rqscale.config.schema import Config
 STAGES = ("stage1", "stage2")
 CONDITIONS = ("none", "class", "text")
 STAGE1_KINDS = ("rq", "dq")  # rqscale.models.STAGE1_MODELS
-STAGE2_KINDS = ("ar", "contextual")  # rqscale.models.STAGE2_MODELS
+STAGE2_KINDS = ("ar", "contextual", "dq")  # rqscale.models.STAGE2_MODELS
 DRAFT_STRATEGIES = ("random", "top-c", "top-c-50")  # rqscale.sampling.draft_revise
 DATA_KINDS = ("bundled", "webdataset")
 BUNDLED_SETS = ("photos", "digits")
@@ -252,9 +252,7 @@ def _check_stage2(cfg: Config) -> None:
     _positive("stage2.loss.text_weight", loss.text_weight, strict=False)
     _positive("stage2.loss.image_weight", loss.image_weight)
     _check_optim("stage2.optim", o)
-    if cfg.stage == "stage2" and cfg.rqvae.kind == "dq":
-        raise ConfigError("rqvae.kind", "stage 2 on DQ-VAE codes (the DQ-Transformer) is not built yet",
-                          "train stage 2 on an RQ-VAE (rqvae.kind=rq); a DQ-VAE trains as stage 1")
+    _check_dq_stage2(cfg)
     if cfg.stage == "stage2" and not cfg.rqvae.shared_codebook:
         raise ConfigError("rqvae.shared_codebook", "the RQ-Transformer embeds codes with one shared codebook (Eq. 10)",
                           "train stage 2 on an RQ-VAE with rqvae.shared_codebook=true")
@@ -262,6 +260,32 @@ def _check_stage2(cfg: Config) -> None:
         raise ConfigError("stage2.model.cond_dropout", "an unconditional model has no condition to drop",
                           "set stage2.model.cond_dropout=0 or choose condition class/text")
     _check_sampling(cfg)
+
+
+def _check_dq_stage2(cfg: Config) -> None:
+    """The DQ-Transformer reads DQ-VAE codes and nothing else does; what of stage 2 it does not take."""
+    m, dq_codes = cfg.stage2.model, cfg.rqvae.kind == "dq"
+    if cfg.stage == "stage2" and dq_codes and m.kind != "dq":
+        raise ConfigError("stage2.model.kind", f"'{m.kind}' reads fixed-length RQ-VAE codes; DQ-VAE codes (rqvae.kind=dq) "
+                          "have variable length", "set stage2.model.kind=dq (the DQ-Transformer)")
+    if m.kind != "dq":
+        return
+    if cfg.stage == "stage2" and not dq_codes:
+        raise ConfigError("rqvae.kind", "the DQ-Transformer reads DQ-VAE codes", "set rqvae.kind=dq and point "
+                          "stage2.rqvae_checkpoint at a DQ-VAE (python -m rqscale.train configs/dq/stage1_....yaml)")
+    if m.condition == "text":
+        raise ConfigError("stage2.model.condition", "text conditioning is not built for the DQ-Transformer", "use none or class")
+    longest = 4 * cfg.rqvae.code_shape[0] // 2 * cfg.rqvae.code_shape[1] // 2 + 4
+    if m.max_length < longest:
+        raise ConfigError("stage2.model.max_length", f"{m.max_length} rows < the longest sequence, {longest} tokens",
+                          f"set it to {longest} or more (the paper's table has 2048)")
+    for key in ("soft_labels", "stochastic_codes"):
+        if getattr(cfg.stage2.loss, key):
+            raise ConfigError(f"stage2.loss.{key}", "the DQ-Transformer trains on the DQ-VAE's hard codes (R)",
+                              f"set stage2.loss.{key}=false")
+    if cfg.stage2.sampling.cfg_scale != 1.0:
+        raise ConfigError("stage2.sampling.cfg_scale", "the DQ-Transformer samples without guidance (the paper uses none)",
+                          "set stage2.sampling.cfg_scale=1.0")
 
 
 def _check_sampling(cfg: Config) -> None:

@@ -100,8 +100,8 @@ class Dropout(nn.Dropout):
 def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, causal: bool = True,
                     attend: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Attention with dropout on the attention weights, for CPU training (SDPA's fused CPU kernel takes no
-    dropout): softmax(q k^T / sqrt(head_dim) + mask), dropout, times v. The mask hides the future when
-    `causal`, else the pairs where `attend` (L, L) is False, else nothing.
+    dropout): softmax(q k^T / sqrt(head_dim) + mask), dropout, times v. The mask hides the pairs where
+    `attend` ((L, L), or (B, 1, L, L) per row) is False, else the future when `causal`, else nothing.
 
     The two products run in the inputs' dtype (bf16 under A.3's mixed precision), and the scores' scale,
     mask and softmax in fp32, rounded once to the input dtype for the dropout and the product with v:
@@ -112,10 +112,10 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p
     positions) took 35 ms this way against 54 ms upcast to fp32 (Dec 2026)."""
     length = q.shape[-2]
     scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(q.shape[-1] ** -0.5)
-    if causal:
-        scores.masked_fill_(torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
-    elif attend is not None:
+    if attend is not None:
         scores.masked_fill_(~attend, float("-inf"))
+    elif causal:
+        scores.masked_fill_(torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
     weights = scores.softmax(dim=-1).to(q.dtype)
     return torch.matmul(dropout(weights, dropout_p), v)
 
@@ -153,11 +153,12 @@ class CausalSelfAttention(nn.Module):
                     raise ValueError("a non-empty KV cache takes one new position at a time")
                 return _single_query_attention(q, cache.k_t[layer, :, :, :, : start + 1], cache.v[layer, :, :, : start + 1])
         p = self.attn_dropout if self.training else 0.0
-        attend = None if self.causal else attend
+        # `attend`, when given, is the whole rule, causality included (packed DQ-Transformer rows: causal
+        # within each sample only); a plain causal stack passes none and keeps the fused causal kernels.
         if q.device.type == "cpu" and CPU_ATTENTION == "math":
             return _math_attention(q, k, v, p, self.causal, attend)  # faster than SDPA's CPU kernel, takes dropout
         # Fused / flash kernels on GPU; a boolean mask (True = may attend) selects the memory-efficient one.
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p, is_causal=self.causal)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p, is_causal=self.causal and attend is None)
 
 
 class Block(nn.Module):

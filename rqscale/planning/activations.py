@@ -83,6 +83,8 @@ def stage2_activations(cfg: Config, checkpointing: bool, mask_bytes: int = CUDA_
     sum: autograd's saved tensors at the end of forward plus one recomputed block) and backward_transient
     (the logits' gradient, made while the saved logits are still alive). `mask_bytes`: 1 on CUDA."""
     m, r = cfg.stage2.model, cfg.rqvae
+    if m.kind == "dq":
+        return dq_stage2_activations(cfg, checkpointing, mask_bytes)
     h, w, d = r.code_shape
     ns, nd = spatial_length(m, h * w), h * w * d
     spatial, depth = _inputs_bytes(cfg, mask_bytes)
@@ -98,6 +100,27 @@ def stage2_activations(cfg: Config, checkpointing: bool, mask_bytes: int = CUDA_
     out = {"spatial": spatial, "depth": depth, "heads": heads, "recompute": recompute}
     out["saved"] = spatial + depth + heads + recompute
     out["backward_transient"] = BF16 * nd * r.num_codes
+    out["total"] = out["saved"] + out["backward_transient"]
+    return out
+
+
+def dq_stage2_activations(cfg: Config, checkpointing: bool, mask_bytes: int = CUDA_MASK) -> dict:
+    """As stage2_activations, for a DQ-Transformer sample at the worst case: every region fine, so the
+    longest sequence, alone in its packed row (4 h w + 3 inputs through both stacks and both heads)."""
+    m, r = cfg.stage2.model, cfg.rqvae
+    h, w, _ = r.code_shape
+    n, c = h * w + 3, m.embed_dim
+
+    def stack(layers: int) -> int:
+        kept = BF16 * n * c if checkpointing else block_bytes(m, n, mask_bytes)
+        return BF16 * n * c + layers * kept  # the stack's input, then each block (or its checkpointed input)
+
+    vocab = (h * w + 3) + (r.num_codes + 3)  # the position head's and the content head's outputs
+    heads = 2 * n * (2 * BF16 * c + LN_STATS) + n * vocab * FP32 + 3 * n * INDEX  # fp32 log-softmax, 3 targets
+    recompute = block_bytes(m, n, mask_bytes) if checkpointing else 0
+    out = {"spatial": stack(m.spatial_layers), "depth": stack(m.depth_layers), "heads": heads, "recompute": recompute}
+    out["saved"] = out["spatial"] + out["depth"] + heads + recompute
+    out["backward_transient"] = BF16 * n * vocab
     out["total"] = out["saved"] + out["backward_transient"]
     return out
 

@@ -36,8 +36,11 @@ def build_stage1(cfg: Config) -> tuple:
 
 
 def stage2_params(cfg: Config) -> dict:
+    """Counts by stack: a DQ-Transformer's Position-Transformer under "spatial" and its Content-Transformer
+    under "depth", as the config keys that size them (stage2.model.spatial_layers / depth_layers)."""
     model = build_stage2(cfg)
-    total, spatial, depth = _count(model), _count(model.spatial), _count(model.depth)
+    first, second = (model.position_stack, model.content_stack) if cfg.stage2.model.kind == "dq" else (model.spatial, model.depth)
+    total, spatial, depth = _count(model), _count(first), _count(second)
     return {"params_total": total, "params_spatial": spatial, "params_depth": depth,
             "params_embeddings_and_heads": total - spatial - depth}
 

@@ -5,6 +5,7 @@ from typing import Optional
 
 import torch
 
+from rqscale.sampling.dq_sampler import sample_dq
 from rqscale.sampling.draft_revise import DraftRevise, draft_and_revise
 from rqscale.sampling.filters import SamplingParams, filter_logits
 from rqscale.sampling.request import SampleRequest
@@ -26,6 +27,10 @@ def sample_stage2(model, batch: int, cond: Optional[torch.Tensor], params: Sampl
     DraftRevise() with `params` in the revise phase: stage2.sampling is not part of the model config, so
     callers pass it). Contextual models only: inpainting (`known` codes, `region` to fill), and with
     keep_draft the pair (codes, drafts)."""
+    if model.cfg.kind == "dq":
+        if known is not None or keep_draft:
+            raise ValueError("inpainting and drafts need a contextual model (stage2.model.kind=contextual); this one is dq")
+        return sample_dq(model, batch, cond, params, generator)[0]
     if model.cfg.kind == "contextual":
         return draft_and_revise(model, batch, cond, schedule or DraftRevise(revise=params), generator, known, region, keep_draft)
     if known is not None or keep_draft:
@@ -34,4 +39,4 @@ def sample_stage2(model, batch: int, cond: Optional[torch.Tensor], params: Sampl
 
 
 __all__ = ["DraftRevise", "SampleRequest", "SamplingParams", "draft_and_revise", "filter_logits", "sample_codes",
-           "sample_stage2", "schedule_of"]
+           "sample_dq", "sample_stage2", "schedule_of"]

@@ -15,7 +15,7 @@ import torch
 from rqscale.config import Config, from_yaml_text, to_yaml
 from rqscale.data.file_cache import local_copy, unreadable
 from rqscale.data.storage import is_s3
-from rqscale.models import RQVAE, build_stage2_model
+from rqscale.models import RQVAE, build_stage1_model, build_stage2_model
 from rqscale.utils.safe_load import load_plain
 
 FORMAT = "rqscale-stage2/1"
@@ -53,7 +53,7 @@ def load_consolidated(path: str, device: str = "cpu"):
     """-> (cfg, rqvae, model), both in eval mode. A missing or foreign file is a clear error."""
     state = _read_state(path, map_location=device)
     cfg = from_yaml_text(state["config"])
-    rqvae = RQVAE(cfg.rqvae)
+    rqvae = build_stage1_model(cfg.rqvae)
     rqvae.load_state_dict(state["rqvae"])
     r = cfg.rqvae
     model = build_stage2_model(cfg.stage2.model, r.code_shape, r.num_codes, r.code_dim)

@@ -49,7 +49,7 @@ class DraftReviseFlags:
         given = {**self.given(), **{f: v for f, v in contextual_only.items() if v}}
         if given and cfg.stage2.model.kind != "contextual":
             raise ValueError(f"{', '.join(given)}: {'this flag needs' if len(given) == 1 else 'these flags need'} a contextual "
-                             "checkpoint (Draft-and-Revise); this one is autoregressive (stage2.model.kind=ar)")
+                             f"checkpoint (Draft-and-Revise); this one is stage2.model.kind={cfg.stage2.model.kind}")
         h, w, _ = cfg.rqvae.code_shape
         for name in ("draft_steps", "revise_steps"):
             value = getattr(self, name)

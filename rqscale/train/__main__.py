@@ -27,8 +27,11 @@ def describe(summary: dict) -> list:
         return [f"eval MSE {summary['eval_mse_before']:.4f} -> {summary['eval_mse_after']:.4f} ({summary['mse_reduction']:.1f}x); "
                 f"MSE by depth {[round(m, 4) for m in summary['mse_by_depth']]}; codebook usage {summary['codebook_usage']:.3f}",
                 f"reconstructions written to {summary['picture']}"]
-    return [f"loss {summary['loss_first_step']:.3f} -> {summary['loss_last_step']:.3f}; by depth "
-            f"{[round(x, 3) for x in summary['loss_by_depth_last_step']]}",
+    if "loss_parts_last_step" in summary:  # a DQ-Transformer
+        parts = "; ".join(f"{k} {v:.3f}" for k, v in summary["loss_parts_last_step"].items() if v is not None)
+    else:
+        parts = f"by depth {[round(x, 3) for x in summary['loss_by_depth_last_step']]}"
+    return [f"loss {summary['loss_first_step']:.3f} -> {summary['loss_last_step']:.3f}; {parts}",
             f"checkpoint written to {summary['checkpoint']}", f"samples written to {summary['picture']}"]
 
 

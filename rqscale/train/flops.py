@@ -82,6 +82,8 @@ def stage2_flops(cfg: Config) -> dict:
     produces the targets but is not the model being trained.
     """
     m, r = cfg.stage2.model, cfg.rqvae
+    if m.kind == "dq":
+        return dq_stage2_flops(cfg)
     h, w, d = r.code_shape
     t, c = h * w, m.embed_dim
     inputs, stacks = (t, t * _masked_fraction(t)) if m.kind == "contextual" else (t - 1, t)  # contextual: Eqs. 6, 11
@@ -90,6 +92,30 @@ def stage2_flops(cfg: Config) -> dict:
     heads = 2 * stacks * d * c * r.num_codes
     if m.condition == "text":
         heads += 2 * (m.text_length - 1) * c * m.text_vocab
+    forward = spatial + depth + heads
+    return {"spatial_forward": spatial, "depth_forward": depth, "heads_forward": heads,
+            "forward": forward, "train": TRAIN_PER_FORWARD * forward}
+
+
+def dq_sequence_length(cfg: Config) -> float:
+    """A DQ-Transformer sequence's expected length at the target fine share r_f: (N_c + 2) + (4 N_f + 2)
+    tokens with N_f = r_f N regions (the budget loss holds the share near r_f)."""
+    h, w, _ = cfg.rqvae.code_shape
+    regions = h * w // 4
+    return regions * (1 + 3 * cfg.rqvae.dq.fine_ratio) + 4
+
+
+def dq_stage2_flops(cfg: Config) -> dict:
+    """Model FLOPs of the DQ-Transformer per training sample: its L - 1 inputs through the Position-Transformer
+    ("spatial") and the Content-Transformer ("depth"), each token's position head over P + 3 ids and content
+    head over K + 3 (heads). Embedding look-ups are free; attention is counted over one sample's own
+    sequence (packed rows mask the rest out), at the expected length of dq_sequence_length."""
+    m, r = cfg.stage2.model, cfg.rqvae
+    h, w, _ = r.code_shape
+    inputs, c = dq_sequence_length(cfg) - 1, m.embed_dim
+    spatial = m.spatial_layers * block_flops(m, inputs)
+    depth = m.depth_layers * block_flops(m, inputs)
+    heads = 2 * inputs * c * ((h * w + 3) + (r.num_codes + 3))
     forward = spatial + depth + heads
     return {"spatial_forward": spatial, "depth_forward": depth, "heads_forward": heads,
             "forward": forward, "train": TRAIN_PER_FORWARD * forward}

@@ -57,7 +57,7 @@ RQVAE_SHAPE = ("rqvae.resolution", "rqvae.in_channels", "rqvae.ch", "rqvae.ch_mu
                "rqvae.num_codes", "rqvae.code_dim", "rqvae.shared_codebook", "stage1.loss.disc_layers", "stage1.loss.disc_ndf")
 STAGE2_SHAPE = ("stage2.model.kind", "stage2.model.embed_dim", "stage2.model.num_heads", "stage2.model.spatial_layers",
                 "stage2.model.depth_layers", "stage2.model.mlp_ratio", "stage2.model.condition", "rqvae.code_shape",
-                "rqvae.num_codes", "rqvae.code_dim")
+                "rqvae.num_codes", "rqvae.code_dim", "rqvae.kind", "stage2.model.max_length")
 CONDITION_SHAPE = {"class": ("stage2.model.num_classes",), "text": ("stage2.model.text_vocab", "stage2.model.text_length")}
 
 

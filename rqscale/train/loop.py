@@ -37,7 +37,9 @@ from rqscale.utils.peak import resolve_peak
 # inject faults (rqscale/bench/faults.py). `fresh` is False in an attempt that resumed a checkpoint.
 StepHook = Callable[..., None]
 PROGRESS_KEYS = {"stage1": ("g/recon", "g/commit", "g/lpips", "g/code_usage", "g/fine_share", "g/codes_per_image", "lr"),
-                 "stage2": ("loss", "depth1", "text", "grad_norm", "lr")}  # text: text models only
+                 "stage2": ("loss", "depth1", "text", "content", "coarse_position", "fine_position", "padding", "grad_norm",
+                            "lr")}  # text: text models only; content ... padding: DQ-Transformers only
+DQ_LOSS_PARTS = ("content", "coarse_position", "fine_position", "padding")
 
 
 def run_uri_of(cfg: Config) -> str:
@@ -311,6 +313,9 @@ class TrainingLoop:
         task.model.load_state_dict(model.state_dict())
         task.to(self.device)  # on a GPU run, sampling the grid on the CPU would take minutes at full size
         picture = run_picture(task, self.cfg, os.path.join(self.log_dir, "samples.png"))
+        if self.cfg.stage2.model.kind == "dq":  # one code per token: the loss by part, not by depth
+            return {**common, "checkpoint": weights, "picture": picture,
+                    "loss_parts_last_step": {k: last.get(k) for k in DQ_LOSS_PARTS}}
         depth = self.cfg.rqvae.code_shape[2]
         return {**common, "checkpoint": weights, "picture": picture,
                 "loss_by_depth_last_step": [last.get(f"depth{d + 1}") for d in range(depth)]}

@@ -11,9 +11,14 @@ from rqscale.utils.images import save_grid
 
 def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
     state = torch.load(local_copy(path), map_location="cpu", weights_only=True)  # s3://: this node's cached copy
+    holds_dq, wants_dq = any(k.startswith("router.") for k in state), hasattr(module, "router")
+    if holds_dq != wants_dq:  # the other stage-1 family: say which, not just which tensors differ
+        held, kind = ("a DQ-VAE", "dq") if holds_dq else ("an RQ-VAE", "rq")
+        raise ConfigError(key, f"'{path}' holds {held}, but the config builds {'a DQ-VAE' if wants_dq else 'an RQ-VAE'}",
+                          f"set rqvae.kind={kind} (a DQ-VAE's codes are read by stage2.model.kind=dq only), or pick the other file")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ConfigError(key, f"'{path}' does not match this RQ-VAE (missing {missing[:3]}, unexpected {unexpected[:3]})",
+        raise ConfigError(key, f"'{path}' does not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})",
                           "use a checkpoint trained with the same rqvae.* settings")
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from rqscale.config import Config
-from rqscale.models import RQVAE
+from rqscale.models import RQVAE, build_stage1_model
 from rqscale.sampling import SamplingParams, sample_stage2, schedule_of
 from rqscale.tasks import Stage2Task
 from rqscale.train.metrics import accumulate
@@ -56,7 +56,8 @@ class Stage2Trainer:
 # ---- the stage-2 run: frozen RQ-VAE, training, a consolidated checkpoint, samples --------------
 
 def load_rqvae(cfg: Config) -> RQVAE:
-    model = RQVAE(cfg.rqvae)
+    """The frozen stage-1 model of rqvae.kind (an RQ-VAE, or the DQ-VAE a DQ-Transformer reads)."""
+    model = build_stage1_model(cfg.rqvae)
     load_init_weights(model, cfg.stage2.rqvae_checkpoint, "stage2.rqvae_checkpoint")
     return model
 
@@ -75,7 +76,8 @@ def sample_picture(task: Stage2Task, path: str, seed: int, per_row: int = 8,
     rows = [_sample_row(task, cond, per_row, params, seed + i) for i, cond in enumerate(conds)]
     model.train()
     rows_are = {"class": "one row per class", "text": "one row per caption"}.get(model.cfg.condition, "unconditional")
-    title = f"RQ-Transformer samples, {rows_are}\n{_describe(params)}"
+    family = "DQ-Transformer samples (coarse-to-fine, KV-cached)" if model.cfg.kind == "dq" else "RQ-Transformer samples"
+    title = f"{family}, {rows_are}\n{_describe(params)}"
     if model.cfg.kind == "contextual":
         title = f"Contextual RQ-Transformer samples, {rows_are}\n{_describe_draft_revise(task.cfg.stage2.sampling, params)}"
     _save_arrays(rows, conds, labels, os.path.splitext(path)[0] + ".npz")

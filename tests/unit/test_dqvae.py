@@ -104,8 +104,8 @@ def test_a_resolution_not_divisible_by_16_is_refused_naming_the_key():
         load(None, [*SMALL, "rqvae.code_shape=[2,2,1]"], check_files=False)
 
 
-def test_stage_2_on_dq_vae_codes_is_refused_until_the_dq_transformer_exists():
-    with pytest.raises(ConfigError, match="'rqvae.kind': stage 2 on DQ-VAE codes"):
+def test_an_rq_transformer_on_dq_vae_codes_is_refused_naming_the_model_kind():
+    with pytest.raises(ConfigError, match="'stage2.model.kind': 'ar' reads fixed-length RQ-VAE codes.*set stage2.model.kind=dq"):
         load(f"{REPO}/configs/debug/stage2.yaml", ["rqvae.kind=dq", "rqvae.ch_mult=[1,1,2,2,4]", "rqvae.code_shape=[4,4,1]",
                                                   "rqvae.attn_resolutions=[]"], check_files=False)
 
