@@ -108,6 +108,9 @@ def summary(report: dict) -> str:
     parts = [f"{k} {report[k]:.4g}" for k in keys if isinstance(report.get(k), float)]
     if "rfid_depth" in report:
         parts.append("rfid per depth " + " ".join(f"{v:.4g}" for v in report["rfid_depth"]))
+    if isinstance(report.get("codes_per_image"), dict):  # a DQ-VAE's variable code count
+        c = report["codes_per_image"]
+        parts.append(f"codes per image {c['mean']:.1f} +- {c['std']:.1f} ({c['min']}..{c['max']})")
     if isinstance(report.get("drafts"), dict):  # a contextual checkpoint's drafts (supplement Table 3)
         drafts = report["drafts"]
         parts.append("drafts: " + ", ".join(f"{k} {drafts[k]:.4g}" for k in keys if isinstance(drafts.get(k), float)))

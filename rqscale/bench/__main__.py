@@ -24,9 +24,18 @@ def main(argv=None) -> int:
     s.add_argument("--batch", type=int, default=100, help="batch for the KV-cache, 16x16 and bf16/fp32 measurements")
     s.add_argument("--baseline-batch", type=int, default=0, help="batch for the no-cache baseline (0 = --batch)")
     s.add_argument("--device", default="cpu")
+    b = sub.add_parser("dq-budget", help="DQ-VAE vs fixed-grain VQ at about its code budget (debug digits, three "
+                       "stage-1 trainings in this process)")
+    b.add_argument("--steps", type=int, default=300)
+    e = sub.add_parser("dq-detail", help="a trained DQ-VAE: Spearman(region variance, fine) on held-out images, and "
+                       "its error with fine regions chosen by the router vs by variance")
+    e.add_argument("--config", required=True)
+    e.add_argument("--weights", required=True)
+    e.add_argument("--images", type=int, default=200)
     d = sub.add_parser("data", help="reader vs ImageFolder, S3 overhead, latent vs on-the-fly stage-2 inputs")
     d.add_argument("--images", type=int, default=400)
-    t = sub.add_parser("train", help="stage-2 step: plain loop vs DeepSpeed engine overhead, CPU MFU")
+    t = sub.add_parser("train", help="stage-2 step: plain loop vs DeepSpeed engine overhead, CPU MFU; a dq config: "
+                       "DQ-Transformer vs RQ-Transformer training tokens/s at the same width")
     t.add_argument("--config", default="configs/debug/stage2_bench.yaml")
     t.add_argument("--warmup", type=int, default=2)
     t.add_argument("--repeats", type=int, default=5)
@@ -49,7 +58,13 @@ def main(argv=None) -> int:
         print(data.report(data.run(args.images)))
     elif args.name == "train":
         from rqscale.bench import train
+        from rqscale.config import load
 
+        if load(args.config, check_files=False).stage2.model.kind == "dq":  # DQ- vs RQ-Transformer tokens/s
+            from rqscale.bench import dq_train
+
+            print(dq_train.report(dq_train.run(args.config, repeats=args.repeats, warmup=args.warmup)))
+            return 0
         try:
             result = train.run(args.config, args.warmup, args.repeats, args.overrides, args.allocators.split(","),
                                not args.no_autocast, args.official)
@@ -62,6 +77,14 @@ def main(argv=None) -> int:
 
             recovery_s = recovery.run("configs/debug/stage2.yaml")["recovery_s"]
         print(train.report(result, recovery_s))
+    elif args.name == "dq-detail":
+        from rqscale.bench import dq_detail
+
+        print(dq_detail.report(dq_detail.run(args.config, args.weights, args.images)))
+    elif args.name == "dq-budget":
+        from rqscale.bench import dq_budget
+
+        print(dq_budget.report(dq_budget.run(args.steps)))
     elif args.name == "sample":
         from rqscale.bench import sample
         from rqscale.config import load

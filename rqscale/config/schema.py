@@ -32,6 +32,9 @@ class DQConfig:
     coarse_commit_weight: float = 0.25  # R: each of a coarse region's 4 copies weighs 1/4 in the commitment loss
     decoder_ch_mult: List[int] = field(default_factory=lambda: [1, 1, 2, 2])  # R: decoder from the 32 x 32 (F = 8) latent
     decoder_attn_resolutions: List[int] = field(default_factory=lambda: [32])  # R: attention at 32 x 32 only
+    # Scales the decoder's position embedding at initialisation (1.0: R's init, of std ~1.4). The debug configs use
+    # 0.1: at their size the embedding drowned the code signal, and the decoder sat on one mean picture for 150+ steps.
+    position_init_scale: float = 1.0
 
 
 @dataclass
@@ -65,6 +68,9 @@ class Stage1LossConfig:
     lpips_backbone: Optional[str] = None
     lpips_random_backbone: bool = False  # tests only: random VGG features
     disc_weight: float = 0.75  # A.3
+    # scale: the generator loss weighs adaptive_weight x disc_weight (the RQ-VAE ref); cap: min(adaptive_weight,
+    # disc_weight) (the DQ-VAE ref, its VQGAN loss with a 0.75 ceiling on the adaptive weight)
+    disc_weight_mode: str = "scale"
     disc_start: int = 0  # ref in256 config: discriminator active from step 0
     disc_layers: int = 2  # ref
     disc_ndf: int = 64  # ref

@@ -56,6 +56,7 @@ def _check_choices(cfg: Config) -> None:
     _choice("stage1.optim.schedule", cfg.stage1.optim.schedule, SCHEDULES)
     _choice("stage1.loss.disc_loss", cfg.stage1.loss.disc_loss, DISC_LOSSES)
     _choice("stage1.loss.gen_loss", cfg.stage1.loss.gen_loss, GEN_LOSSES)
+    _choice("stage1.loss.disc_weight_mode", cfg.stage1.loss.disc_weight_mode, ("scale", "cap"))
     _choice("train.device", cfg.train.device, DEVICES)
     _choice("stage2.model.condition", cfg.stage2.model.condition, CONDITIONS)
     _choice("stage2.optim.name", cfg.stage2.optim.name, OPTIMIZERS)
@@ -99,6 +100,7 @@ def _check_dq_ranges(dq) -> None:
         raise ConfigError("rqvae.dq.fine_ratio", f"{dq.fine_ratio} is outside (0, 1)",
                           "give the share of regions coded finely, strictly between 0 and 1 (the paper uses 0.5)")
     _positive("rqvae.dq.gumbel_tau", dq.gumbel_tau)
+    _positive("rqvae.dq.position_init_scale", dq.position_init_scale)
     _positive("rqvae.dq.budget_weight", dq.budget_weight, strict=False)
     if not 0.0 < dq.coarse_commit_weight <= 1.0:
         raise ConfigError("rqvae.dq.coarse_commit_weight", f"{dq.coarse_commit_weight} is outside (0, 1]",

@@ -17,6 +17,7 @@ from rqscale.data.transforms import to_unit_range
 from rqscale.eval.features import extract, to_uint8_images
 from rqscale.eval.metrics import fid_metric
 from rqscale.eval.reconstruction import depth_reconstructions
+from rqscale.models.dqvae import codes_per_image
 
 
 def rqvae_config_path(weights: str, config: str | None) -> str:
@@ -69,6 +70,8 @@ def _recon_batch(model, extractor, batch: torch.Tensor, device: str, out: dict) 
     x = to_unit_range(batch.to(device))
     codes, recons = depth_reconstructions(model, x)
     out["used"][codes.flatten().cpu()] = True
+    if model.cfg.kind == "dq":  # a DQ-VAE: how many codes each image's sequence holds (256 + 3 x fine regions at 256^2)
+        out.setdefault("codes_per_image", []).append(codes_per_image(model.encode_with_grain(x)[1]).cpu())
     for d, recon in enumerate(recons):
         out["sq_err"][d] += float(F.mse_loss(recon.float(), x, reduction="sum"))  # unclamped, as coarse_to_fine
         out["depth_features"][d].append(extract(extractor, to_uint8_images(recon))[0])
@@ -80,6 +83,7 @@ class ReconAccumulator:
     def __init__(self):
         self.metrics, self.sq_err, self.used = None, None, None
         self.count = self.unreadable = self.numel = 0
+        self.codes_per_image: list = []  # a DQ-VAE's, per image
 
     def add(self, chunk: dict) -> None:
         self.count += chunk["count"]
@@ -95,10 +99,16 @@ class ReconAccumulator:
             metric.update(chunk["depth_features"][d].double(), real=False)
             self.sq_err[d] += chunk["sq_err"][d]
         self.used |= chunk["used"]
+        self.codes_per_image.extend(chunk.get("codes_per_image", []))
 
     def report(self) -> dict:
         if self.metrics is None:
             raise ValueError("no readable reference image to reconstruct")
         rfid = [float(m.compute()) for m in self.metrics]
-        return {"rfid": rfid[-1], "rfid_depth": rfid, "mse_depth": [e / self.numel for e in self.sq_err],
-                "codebook_usage": self.used.float().mean().item(), "num_images": self.count, "unreadable": self.unreadable}
+        out = {"rfid": rfid[-1], "rfid_depth": rfid, "mse_depth": [e / self.numel for e in self.sq_err],
+               "codebook_usage": self.used.float().mean().item(), "num_images": self.count, "unreadable": self.unreadable}
+        if self.codes_per_image:
+            counts = torch.cat(self.codes_per_image).double()
+            out["codes_per_image"] = {"mean": counts.mean().item(), "std": counts.std(unbiased=False).item(),
+                                      "min": int(counts.min()), "max": int(counts.max())}
+        return out

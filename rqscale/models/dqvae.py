@@ -79,10 +79,13 @@ def gate(logits: torch.Tensor, training: bool, tau: float) -> torch.Tensor:
 
 def assemble(fine: torch.Tensor, coarse: torch.Tensor, choice: torch.Tensor) -> torch.Tensor:
     """The 32 x 32 map (B, z, 2h, 2w): each region's coarse vector repeated 2 x 2, or its 4 fine vectors,
-    scaled by the chosen gate value (1 in the forward pass; the router's gradient path)."""
+    scaled by the chosen gate value (1 in the forward pass; the router's gradient path). Only the chosen
+    branch is scaled, so only the chosen gate gets a gradient from the features (R: EncoderDual.py's
+    gate.max); scaling both branches by their gates would also pass the unchosen one's."""
     up = lambda t: t.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)  # noqa: E731
-    coarse_gate, fine_gate = (up(choice[..., i].unsqueeze(1)).to(fine.dtype) for i in (0, 1))
-    return up(coarse) * coarse_gate + fine * fine_gate
+    fine_chosen = up((choice[..., 1] > 0.5).unsqueeze(1))
+    picked = torch.where(fine_chosen, fine, up(coarse))
+    return picked * up(choice.max(dim=-1).values.unsqueeze(1)).to(fine.dtype)
 
 
 def budget_loss(choice: torch.Tensor, fine_ratio: float, weight: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -104,7 +107,7 @@ class PositionEmbedding2d(nn.Module):
     """Fourier features of the (row, column) coordinates in [-1, 1] plus learned row and column vectors
     (R: DecoderPositional's "fourier+learned")."""
 
-    def __init__(self, size: int, channels: int):
+    def __init__(self, size: int, channels: int, init_scale: float = 1.0):
         super().__init__()
         self.fourier = nn.Conv2d(2, channels, 1)
         bound = math.sqrt(9 / 2)  # R: fourier_embedding.py's init range
@@ -112,6 +115,10 @@ class PositionEmbedding2d(nn.Module):
         self.rows, self.cols = nn.Parameter(torch.empty(size, channels)), nn.Parameter(torch.empty(size, channels))
         truncated_normal_(self.rows)  # R: tools.py, trunc_normal_ with std 1
         truncated_normal_(self.cols)
+        if init_scale != 1.0:  # rqvae.dq.position_init_scale: every initial value scaled (1.0: R's init)
+            with torch.no_grad():
+                for p in (self.fourier.weight, self.fourier.bias, self.rows, self.cols):
+                    p.mul_(init_scale)
         axis = torch.linspace(-1, 1, size)
         self.register_buffer("grid", torch.stack(torch.meshgrid(axis, axis, indexing="ij")).unsqueeze(0), persistent=False)
 
@@ -140,7 +147,7 @@ class DQVAE(CodeDecoding, nn.Module):  # decode_codes (D = 1), last_layer: as th
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.code_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.code_dim, cfg.z_channels, 1)
         self.quantizer = ResidualQuantizer(cfg.num_codes, cfg.code_dim, 1, decay=cfg.ema_decay, restart_unused=cfg.restart_unused)
-        self.position = PositionEmbedding2d(cfg.resolution // 8, cfg.z_channels)
+        self.position = PositionEmbedding2d(cfg.resolution // 8, cfg.z_channels, dq.position_init_scale)
         self.decoder = Decoder(replace(cfg, ch_mult=dq.decoder_ch_mult, attn_resolutions=dq.decoder_attn_resolutions))
 
     def routed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,6 +31,9 @@ class DQStage2Task(Stage2Task):
 
     @torch.no_grad()
     def sequences(self, batch: dict):
+        """(Sequences, grain) of a batch of images, or of given codes and grain maps ("codes", "grain")."""
+        if "codes" in batch:
+            return to_sequences(batch["codes"], batch["grain"], self.layout), batch["grain"]
         if "images" not in batch:
             raise ValueError("data.shards: these shards hold pre-extracted RQ latents; the DQ-Transformer encodes images "
                              "with its DQ-VAE on the fly: point data.shards at image shards")

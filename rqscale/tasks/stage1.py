@@ -58,7 +58,11 @@ class Stage1Task(nn.Module):
         if self.disc_active(step):
             g_loss = self.g_loss_fn(self.discriminator(out.reconstruction))
             g_weight = adaptive_weight(nll, g_loss, self.rqvae.last_layer)
-            total = total + g_weight * self.loss_cfg.disc_weight * g_loss
+            if self.loss_cfg.disc_weight_mode == "cap":  # the DQ-VAE ref: the weight itself capped at disc_weight
+                g_weight = g_weight.clamp(max=self.loss_cfg.disc_weight)
+            else:  # the RQ-VAE ref: scaled by it
+                g_weight = g_weight * self.loss_cfg.disc_weight
+            total = total + g_weight * g_loss
             losses.update(gen=g_loss.detach(), g_weight=g_weight)
         losses.update(total=total, reconstruction=out.reconstruction.detach(), codes=out.codes)
         return losses

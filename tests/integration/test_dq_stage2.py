@@ -1,6 +1,7 @@
 """The DQ-Transformer trains on DQ-VAE codes through the real loop and engine (rqscale.train.in_process.run:
 DeepSpeed, packed variable-length rows, checkpoints, export), reports its loss parts and padding, and its
-exported checkpoint samples through `python -m rqscale.sample`, which refuses contextual-only flags for it."""
+exported checkpoint samples through `python -m rqscale.sample`, which refuses contextual-only flags for it;
+`python -m rqscale.evaluate` reports a DQ-VAE's codes per image and a DQ-Transformer's FID."""
 import json
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from rqscale.config import load
 from rqscale.models import build_stage1_model
 from tests.conftest import REPO
+from tests.integration.test_evaluate import demo, evaluate, finite  # noqa: F401 (demo: the shards and extractor fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +63,31 @@ def test_contextual_flags_on_a_dq_checkpoint_are_refused_naming_its_kind(dq_stag
                       "--draft-steps", "4")
     assert done.returncode != 0 and "--draft-steps" in done.stderr and "kind=dq" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_evaluate_reports_a_dq_vaes_codes_per_image_and_a_dq_transformers_fid(dq_stage2_run, demo, tmp_path):
+    cfg, _, run_dir = dq_stage2_run
+    recon = tmp_path / "recon.json"
+    evaluate("recon", "--rqvae", cfg.stage2.rqvae_checkpoint, "--rqvae-config", DEBUG, "--reference", demo["digits"],
+             "--num-images", "100", "--feature-extractor", demo["extractor"], "--local", "--out", str(recon))
+    counts = json.loads(recon.read_text())["codes_per_image"]
+    regions = 4  # 2 x 2 regions at 32 x 32: 4 codes when all coarse, 16 when all fine
+    assert regions <= counts["min"] <= counts["mean"] <= counts["max"] <= 4 * regions and counts["std"] >= 0
+    samples = tmp_path / "samples.json"
+    evaluate("samples", "--checkpoint", str(run_dir / "rqtransformer.pt"), "--reference", demo["digits"], "--num-samples", "40",
+             "--class-balanced", "--feature-extractor", demo["extractor"], "--local", "--out", str(samples))
+    report = json.loads(samples.read_text())
+    assert report["num_samples"] == 40 and finite(report, "fid", "is", "precision", "recall")
+
+
+def test_the_equal_budget_comparison_reports_both_numbers():
+    """`python -m rqscale.bench dq-budget`, shortened: the DQ-VAE's error at its mean code count beside fixed-grain
+    VQ at F = 16 (4 codes) and F = 8 (16 codes), interpolated to that count."""
+    from rqscale.bench import dq_budget
+
+    r = dq_budget.run(steps=4, held_out=40)
+    rows = r["models"]
+    assert rows["vq_f16"]["codes_per_image"] == 4 and rows["vq_f8"]["codes_per_image"] == 16
+    assert 4 <= rows["dq"]["codes_per_image"] <= 16 and rows["dq"]["codes_std"] >= 0
+    assert all(np.isfinite(row["mse"]) for row in rows.values()) and np.isfinite(r["dq_mse_vs_fixed"])
+    assert "same budget" in dq_budget.report(r)

@@ -167,3 +167,29 @@ def test_the_sampling_benchmark_times_both_samplers_on_the_same_model():
     assert r["kv_cache_seconds_per_sample"] > 0 and r["recompute_seconds_per_sample"] > 0
     assert r["kv_cache_speedup"] == pytest.approx(r["recompute_seconds_per_sample"] / r["kv_cache_seconds_per_sample"])
     assert 8 <= r["mean_length"] <= 20 and "KV cache speed-up" in dq.report(r)
+
+
+def test_the_training_benchmark_sets_dq_tokens_against_the_ar_models():
+    from rqscale.bench import dq_train
+
+    r = dq_train.run(DEBUG, batch=4, repeats=1, warmup=1)
+    dq, ar = r["models"]["dq"], r["models"]["ar"]
+    assert 8 <= dq["tokens_per_image"] <= 19 and ar["tokens_per_image"] == 256  # 4 x 4 map; the AR twin's 8 x 8 x 4
+    assert r["tokens_per_s_dq_over_ar"] == pytest.approx(dq["tokens_per_s"] / ar["tokens_per_s"])
+    assert "tokens/s" in dq_train.report(r)
+
+
+def test_the_detail_benchmark_measures_a_dq_vae_file(tmp_path):
+    """`python -m rqscale.bench dq-detail` on a saved (untrained) DQ-VAE: the correlation and the three errors."""
+    from rqscale.bench import dq_detail
+
+    config = f"{REPO}/configs/debug/dq_stage1_digits.yaml"
+    torch.manual_seed(0)
+    torch.save(build_stage1_model(load(config, check_files=False).rqvae).state_dict(), tmp_path / "dq.pt")
+    r = dq_detail.run(config, str(tmp_path / "dq.pt"), count=20)
+    assert -1.0 <= r["spearman"] <= 1.0 and 0.0 <= r["fine_share"] <= 1.0
+    assert set(r["mse_by_grain_map"]) == {"router", "highest_variance_fine", "lowest_variance_fine"}
+    assert "Spearman" in dq_detail.report(r)
+    variance = dq_detail.region_variance(torch.zeros(1, 3, 32, 32).index_fill_(3, torch.arange(16, 32), 1.0)
+                                         .mul_(torch.arange(32).float().view(1, 1, 32, 1)))
+    assert variance.shape == (1, 2, 2) and bool((variance[..., 1] > variance[..., 0]).all())  # detail on the right

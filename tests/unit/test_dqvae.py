@@ -118,3 +118,22 @@ def test_the_paper_stage_1_configs_build_the_reference_s_shapes(name):
     assert cfg.rqvae.code_shape == [32, 32, 1] and model.quantizer.num_codes == 1024 and model.quantizer.dim == 256
     assert len(model.decoder.levels) == 4 and model.position.rows.shape == (32, 256)  # decoder from the F = 8 map
     assert (cfg.rqvae.dq.fine_ratio, cfg.rqvae.dq.budget_weight) == (0.5, 10.0)
+
+
+@pytest.mark.parametrize("mode", ["scale", "cap"])
+def test_the_generator_weight_is_scaled_or_capped_by_disc_weight(mode):
+    """scale (the RQ-VAE ref): adaptive weight x disc_weight; cap (the DQ-VAE ref): min(adaptive weight, disc_weight)."""
+    from rqscale.tasks import Stage1Task
+
+    cfg = load(f"{REPO}/configs/debug/dq_stage1_digits.yaml", ["stage1.loss.disc_start=0", f"stage1.loss.disc_weight_mode={mode}",
+                                                              "stage1.loss.disc_weight=0.1"], check_files=False)
+    images = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    torch.manual_seed(0)  # the same weights and Gumbel noise in both tasks
+    task = Stage1Task(cfg).train()
+    weight = float(task.generator_losses(images, step=0)["g_weight"])
+    torch.manual_seed(0)
+    raw = float(Stage1Task(load(f"{REPO}/configs/debug/dq_stage1_digits.yaml", ["stage1.loss.disc_start=0",
+                                                                              "stage1.loss.disc_weight=1.0"], check_files=False))
+                .train().generator_losses(images, step=0)["g_weight"])  # the adaptive weight itself
+    assert raw > 0.1  # so the cap bites
+    assert weight == pytest.approx(raw * 0.1 if mode == "scale" else 0.1, rel=1e-4)
