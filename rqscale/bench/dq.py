@@ -17,11 +17,18 @@ from rqscale.sampling.dq_sampler import sample_dq
 from rqscale.utils.memory import retain_freed_memory
 
 
-def _timed(model, batch: int, cond, use_cache: bool) -> tuple[float, torch.Tensor]:
-    """(seconds, the sampled contents (B, L)) of one call at a fixed seed."""
+def _timed(model, batch: int, cond, use_cache: bool, device: torch.device) -> tuple[float, torch.Tensor]:
+    """(seconds, the sampled Sequences) of one call at a fixed seed."""
+    _sync(device)
     start = time.perf_counter()
-    _, seq = sample_dq(model, batch, cond, SamplingParams(), torch.Generator().manual_seed(0), use_cache=use_cache)
+    _, seq = sample_dq(model, batch, cond, SamplingParams(), torch.Generator(device=device).manual_seed(0), use_cache=use_cache)
+    _sync(device)
     return time.perf_counter() - start, seq
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def run(config: str, batch: int = 16, device: str = "cpu") -> dict:
@@ -32,9 +39,9 @@ def run(config: str, batch: int = 16, device: str = "cpu") -> dict:
     torch.manual_seed(0)
     model = build_stage2_model(cfg.stage2.model, r.code_shape, r.num_codes, r.code_dim).eval().to(dev, torch.bfloat16)
     cond = None if cfg.stage2.model.condition == "none" else torch.arange(batch, device=dev) % cfg.stage2.model.num_classes
-    sample_dq(model, 2, None if cond is None else cond[:2], SamplingParams(), torch.Generator().manual_seed(0))  # warm-up
-    cached, seq = _timed(model, batch, cond, use_cache=True)
-    recomputed, seq_again = _timed(model, batch, cond, use_cache=False)
+    _timed(model, 2, None if cond is None else cond[:2], True, dev)  # warm-up
+    cached, seq = _timed(model, batch, cond, True, dev)
+    recomputed, seq_again = _timed(model, batch, cond, False, dev)
     m = cfg.stage2.model
     return {"benchmark": "sample-dq", "machine": machine(), "config": config, "batch": batch, "malloc_retained": retained,
             "model": {"embed_dim": m.embed_dim, "position_layers": m.spatial_layers, "content_layers": m.depth_layers},

@@ -40,7 +40,7 @@ def seconds_per_call(model: RQTransformer, batch: int, device: torch.device, par
 
     def once() -> None:
         gen.manual_seed(0)  # same draws every repeat: identical work per call
-        if model.cfg.kind == "contextual":
+        if model.cfg.kind in ("contextual", "dq"):  # Draft-and-Revise, or the DQ-Transformer's KV-cached sampler
             codes = sample_stage2(model, batch, cond, params or SamplingParams(), gen, schedule)
         else:
             codes = sample_codes(model, batch, cond, params, gen, use_cache=use_cache)

@@ -88,6 +88,8 @@ class SampleRequest:
             raise ValueError("--rerank (CLIP re-ranking) needs a text-conditional model: it keeps the candidate whose "
                              "image CLIP finds closest to its caption")
         self._check_draft_revise(cfg)
+        if self.params.cfg_scale != 1.0 and m.kind == "dq":
+            raise ValueError("--cfg-scale: the DQ-Transformer samples without classifier-free guidance (the paper uses none)")
         if self.params.cfg_scale != 1.0 and m.cond_dropout == 0:
             raise ValueError("--cfg-scale needs a model trained with stage2.model.cond_dropout > 0: this one never "
                              "learned its null condition")

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rqscale.config import ConfigError
 from rqscale.config.schema import Config
 from rqscale.data.dq_sequence import COARSE, FINE, layout_of, pack, packed_attention, to_sequences
 from rqscale.models.dqtransformer import DQTransformer, Tokens
@@ -34,9 +35,9 @@ class DQStage2Task(Stage2Task):
         """(Sequences, grain) of a batch of images, or of given codes and grain maps ("codes", "grain")."""
         if "codes" in batch:
             return to_sequences(batch["codes"], batch["grain"], self.layout), batch["grain"]
-        if "images" not in batch:
-            raise ValueError("data.shards: these shards hold pre-extracted RQ latents; the DQ-Transformer encodes images "
-                             "with its DQ-VAE on the fly: point data.shards at image shards")
+        if "images" not in batch:  # a ConfigError: Ray must not retry it
+            raise ConfigError("data.shards", "these shards hold pre-extracted latents; the DQ-Transformer encodes images with "
+                              "its DQ-VAE on the fly", "point data.shards at image shards")
         codes, grain = self.rqvae.encode_with_grain(batch["images"])
         return to_sequences(codes, grain, self.layout), grain
 
@@ -64,7 +65,7 @@ class DQStage2Task(Stage2Task):
         fine = _masked_mean(position_ce, valid & (segment == FINE))
         total = content_ce + 0.5 * (coarse + fine)
         return {"total": total, "content": content_ce.detach(), "coarse_position": coarse.detach(),
-                "fine_position": fine.detach(), "padding": torch.tensor(padding, device=total.device),
+                "fine_position": fine.detach(), "padding": padding,  # a host float: no copy to the device
                 "codes_per_image": codes_per_image(grain).float().mean()}
 
 

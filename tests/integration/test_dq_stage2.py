@@ -63,6 +63,8 @@ def test_contextual_flags_on_a_dq_checkpoint_are_refused_naming_its_kind(dq_stag
                       "--draft-steps", "4")
     assert done.returncode != 0 and "--draft-steps" in done.stderr and "kind=dq" in done.stderr
     assert "Traceback" not in done.stderr
+    done = sample_cli(tmp_path / "out", run_dir / "rqtransformer.pt", "--num-samples", "2", "--class-label", "1", "--cfg-scale", "2")
+    assert done.returncode != 0 and "--cfg-scale" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_evaluate_reports_a_dq_vaes_codes_per_image_and_a_dq_transformers_fid(dq_stage2_run, demo, tmp_path):
@@ -75,9 +77,10 @@ def test_evaluate_reports_a_dq_vaes_codes_per_image_and_a_dq_transformers_fid(dq
     assert regions <= counts["min"] <= counts["mean"] <= counts["max"] <= 4 * regions and counts["std"] >= 0
     samples = tmp_path / "samples.json"
     evaluate("samples", "--checkpoint", str(run_dir / "rqtransformer.pt"), "--reference", demo["digits"], "--num-samples", "40",
-             "--class-balanced", "--feature-extractor", demo["extractor"], "--local", "--out", str(samples))
+             "--class-balanced", "--feature-extractor", demo["extractor"], "--local", "--speed-batches", "4", "--out", str(samples))
     report = json.loads(samples.read_text())
     assert report["num_samples"] == 40 and finite(report, "fid", "is", "precision", "recall")
+    assert [row["batch"] for row in report["speed"]] == [4] and report["speed"][0]["seconds_per_image"] > 0
 
 
 def test_the_equal_budget_comparison_reports_both_numbers():

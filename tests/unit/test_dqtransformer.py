@@ -78,7 +78,9 @@ def _alone(model, seq, b: int, cond):
     return model(tokens), (c[0, 1 : n + 1], p[0, 1 : n + 1], s[0, 1 : n + 1])
 
 
-def test_packed_rows_compute_what_each_sample_alone_computes_and_the_loss_is_the_papers(task):
+@pytest.mark.parametrize("attention", ["math", "sdpa"])  # sdpa: the GPU's branch (a boolean mask, no is_causal)
+def test_packed_rows_compute_what_each_sample_alone_computes_and_the_loss_is_the_papers(task, attention, monkeypatch):
+    monkeypatch.setattr("rqscale.models.transformer.CPU_ATTENTION", attention)
     assert isinstance(task, DQStage2Task)
     codes, grain = random_codes(9, task.layout, seed=3)
     cond = torch.arange(9) % 10
