@@ -3,7 +3,9 @@
 Encode image shards with a trained RQ-VAE into latent shards, one Ray task per shard. Each sample
 keeps its key and label/caption fields and gains `latent.bf16`: the encoder features Z = E(X) at
 H x W x n_z (8 x 8 x 256 for the paper's models) in bfloat16, raw little-endian, shape in the
-manifest. Images get the deterministic evaluation transform (resize + centre crop, no flip), so
+manifest. A DQ-VAE (rqvae.kind=dq) writes its hard codes instead, which is what the DQ-Transformer
+trains on (R): `dqcodes.u16`, the variable-length code sequence, and `grain.u8`, the grain map
+(rqscale/data/latents.py), with the map's shape as the manifest's `dq_grain_shape`. Images get the deterministic evaluation transform (resize + centre crop, no flip), so
 stage 2 can compute soft labels and stochastic codes (Eq. 15) without running the encoder.
 Finished shards are skipped on a re-run; the manifest is written when all shards are done.
 """
@@ -17,7 +19,7 @@ import sys
 import torch
 
 from data_prep.shards import MANIFEST, run_converter, tar_bytes
-from rqscale.data.latents import LATENT_FIELD, latent_bytes
+from rqscale.data.latents import DQ_CODES_FIELD, GRAIN_FIELD, LATENT_FIELD, dq_code_bytes, latent_bytes
 from rqscale.data.reader import load_shards, read_run
 from rqscale.data.transforms import decode_image
 from rqscale.data.storage import exists, join, read_bytes, write_bytes_atomic
@@ -25,11 +27,12 @@ from rqscale.data.storage import exists, join, read_bytes, write_bytes_atomic
 def encode_shard(config_yaml: str, rqvae_path: str, shard, out: str, index: int, batch: int = 64) -> dict:
     """One Ray task: read a shard, encode its images, write the latent shard and its .done entry."""
     from rqscale.config import from_yaml_text
-    from rqscale.models import RQVAE
+    from rqscale.models import build_stage1_model
 
     cfg = from_yaml_text(config_yaml)
-    model = RQVAE(cfg.rqvae).eval()
+    model = build_stage1_model(cfg.rqvae).eval()  # eval: a DQ-VAE's router takes its argmax
     model.load_state_dict(torch.load(rqvae_path, map_location="cpu", weights_only=True))
+    item_of = _dq_item if cfg.rqvae.kind == "dq" else _latent_item
     raws = read_run(shard, 0, shard.samples)
     items, bad = [], 0
     for start in range(0, len(raws), batch):
@@ -42,14 +45,20 @@ def encode_shard(config_yaml: str, rqvae_path: str, shard, out: str, index: int,
                 bad += 1
         if images:
             with torch.no_grad():
-                z = model.latents(torch.stack(images))
-            items += [_latent_item(raw, latent) for raw, latent in zip(chunk, z)]
+                encoded = model.encode_with_grain(torch.stack(images)) if cfg.rqvae.kind == "dq" else (model.latents(torch.stack(images)),)
+            items += [item_of(raw, *parts) for raw, *parts in zip(chunk, *encoded)]
     return _write(out, index, items, bad)
 
 
 def _latent_item(raw: dict, latent: torch.Tensor) -> dict:
     item = {k: v for k, v in raw.items() if k not in ("jpg", "png")}
     item[LATENT_FIELD] = latent_bytes(latent)
+    return item
+
+
+def _dq_item(raw: dict, codes: torch.Tensor, grain: torch.Tensor) -> dict:
+    item = {k: v for k, v in raw.items() if k not in ("jpg", "png")}
+    item[DQ_CODES_FIELD], item[GRAIN_FIELD] = dq_code_bytes(codes, grain)
     return item
 
 
@@ -75,7 +84,8 @@ def extract(config_path: str, rqvae: str, shards_manifest: str, out: str, overri
     for entry, (_, _, _, _, i) in zip(map_tasks(encode_shard, jobs, local_cpus=local_cpus), jobs):
         done[i] = entry
     h, w, _ = cfg.rqvae.code_shape
-    manifest = {"dataset": "latents", "latent_shape": [h, w, cfg.rqvae.code_dim], "source": shards_manifest,
+    shape = {"dq_grain_shape": [h // 2, w // 2]} if cfg.rqvae.kind == "dq" else {"latent_shape": [h, w, cfg.rqvae.code_dim]}
+    manifest = {"dataset": "latents", **shape, "source": shards_manifest,
                 "samples": sum(e["samples"] for e in done.values()), "bad": sum(e["bad"] for e in done.values()),
                 "shards": [done[i] for i in sorted(done)], "complete": True}
     write_bytes_atomic(join(out, MANIFEST), json.dumps(manifest, indent=1).encode())

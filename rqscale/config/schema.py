@@ -35,6 +35,14 @@ class DQConfig:
     # Scales the decoder's position embedding at initialisation (1.0: R's init, of std ~1.4). The debug configs use
     # 0.1: at their size the embedding drowned the code signal, and the decoder sat on one mean picture for 150+ steps.
     position_init_scale: float = 1.0
+    # Who picks each region's grain. "feature": the paper's learned router on the encoder's features, trained through
+    # hard Gumbel-softmax and the budget loss (S). "entropy": the authors' later "better version" (R README; their
+    # one released DQ-VAE and both stage-2 configs): a region is fine where its pixel entropy exceeds a threshold
+    # fixed from the training set, no router parameters and no budget loss (R dqvae-entropy-dual-r05_imagenet.yml).
+    router: str = "feature"
+    # The entropy router's threshold in nats: the training set's (1 - fine_ratio) quantile of region entropy, as
+    # python -m data_prep.entropy --config CONFIG prints it (R: scripts/tools/calculate_entropy_thresholds.py).
+    entropy_threshold: Optional[float] = None
 
 
 @dataclass

@@ -11,6 +11,7 @@ STAGES = ("stage1", "stage2")
 CONDITIONS = ("none", "class", "text")
 STAGE1_KINDS = ("rq", "dq")  # rqscale.models.STAGE1_MODELS
 STAGE2_KINDS = ("ar", "contextual", "dq")  # rqscale.models.STAGE2_MODELS
+DQ_ROUTERS = ("feature", "entropy")  # rqscale/models/dqvae.py
 DRAFT_STRATEGIES = ("random", "top-c", "top-c-50")  # rqscale.sampling.draft_revise
 DATA_KINDS = ("bundled", "webdataset")
 BUNDLED_SETS = ("photos", "digits")
@@ -105,6 +106,8 @@ def _check_dq_ranges(dq) -> None:
     if not 0.0 < dq.coarse_commit_weight <= 1.0:
         raise ConfigError("rqvae.dq.coarse_commit_weight", f"{dq.coarse_commit_weight} is outside (0, 1]",
                           "weigh each copy of a coarse region in (0, 1]: 0.25 counts the region once (the reference)")
+    if dq.router not in DQ_ROUTERS:
+        raise ConfigError("rqvae.dq.router", f"unknown router '{dq.router}'", f"use one of {', '.join(DQ_ROUTERS)}")
 
 
 def _check_stage1_ranges(cfg: Config) -> None:
@@ -116,6 +119,11 @@ def _check_stage1_ranges(cfg: Config) -> None:
         _positive(f"stage1.loss.{key}", getattr(loss, key), strict=False)
     _positive("stage1.loss.disc_layers", loss.disc_layers)
     _positive("stage1.loss.disc_ndf", loss.disc_ndf)
+    dq = cfg.rqvae.dq
+    if cfg.stage == "stage1" and cfg.rqvae.kind == "dq" and dq.router == "entropy" and dq.entropy_threshold is None:
+        raise ConfigError("rqvae.dq.entropy_threshold", "the entropy router needs the training set's region-entropy "
+                          f"threshold for fine_ratio {dq.fine_ratio}", "run python -m data_prep.entropy --config CONFIG "
+                          "and set the rqvae.dq.entropy_threshold it prints")
 
 
 def _check_optim(prefix: str, o) -> None:

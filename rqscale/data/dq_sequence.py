@@ -86,6 +86,16 @@ def _upsampled(regions: torch.Tensor, w: int) -> torch.Tensor:
     return grid.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2).reshape(b, -1)
 
 
+SEGMENT_MARKERS = 4  # SOS and EOS of each of the two segments
+
+
+def sequence_lengths(grain: torch.Tensor) -> torch.Tensor:
+    """(B,) each image's sequence length from its grain map (B, h, w): one code per coarse region, four per fine
+    one, and the segment markers; on whichever device `grain` lives (the reader's: the host)."""
+    regions = grain.flatten(1)
+    return regions.shape[1] + 3 * regions.sum(dim=1) + SEGMENT_MARKERS
+
+
 def to_sequences(codes: torch.Tensor, grain: torch.Tensor, layout: SequenceLayout) -> Sequences:
     """Codes (B, 2h, 2w[, 1]) and grain (B, h, w) (1 = fine) -> Sequences, on their device, without a
     host read: every token is scattered to its slot, computed from running counts."""
@@ -115,7 +125,7 @@ def to_sequences(codes: torch.Tensor, grain: torch.Tensor, layout: SequenceLayou
     put(col(n_c) + 2, one, layout.sos("content"), layout.sos("fine"), FINE)
     put(col(n_c) + 2 + free.long().cumsum(1), free, flat, ids(n_p), FINE)
     put(col(n_c + n_f) + 3, one, layout.eos("content"), layout.eos("fine"), FINE)
-    return Sequences(content[:, :big], position[:, :big], segment[:, :big], n_c + n_f + 4)
+    return Sequences(content[:, :big], position[:, :big], segment[:, :big], n_c + n_f + SEGMENT_MARKERS)
 
 
 def to_codes(seq: Sequences, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor]:

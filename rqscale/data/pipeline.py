@@ -7,6 +7,7 @@ bundled sets caption each image by its class (bundled.class_captions), as the de
 from __future__ import annotations
 
 import functools
+import json
 from typing import Optional
 
 import torch
@@ -14,6 +15,7 @@ import torch
 from rqscale.config import Config, ConfigError, data_kind
 from rqscale.data.bundled import batches, bundled_dataset, class_captions, class_names
 from rqscale.data.reader import ResumableLoader, check_label_range, load_class_names, load_shards, read_run
+from rqscale.data.storage import read_bytes
 from rqscale.data.text import CaptionTokenizer, tokenizer_of
 from rqscale.data.transforms import to_unit_range
 
@@ -60,6 +62,30 @@ def check_text_setup(cfg: Config) -> None:
                           "shards (data_prep.cc3m, data_prep.demo), or train with stage2.model.condition=class")
 
 
+def check_shard_kind(cfg: Config) -> None:
+    """Before any worker starts: the shards hold what this run's model reads (images; an RQ-VAE's latents for an
+    RQ or contextual stage 2; a DQ-VAE's codes, of this map's shape, for the DQ-Transformer)."""
+    try:
+        manifest = json.loads(read_bytes(cfg.data.shards))
+    except FileNotFoundError:
+        raise ConfigError("data.shards", f"no shard manifest at '{cfg.data.shards}'",
+                          "point data.shards at the manifest.json that data_prep wrote") from None
+    dq_model = cfg.stage == "stage2" and cfg.stage2.model.kind == "dq"
+    if "latent_shape" in manifest and (cfg.stage == "stage1" or dq_model):
+        reads = "images" if cfg.stage == "stage1" else "images or a DQ-VAE's codes"
+        raise ConfigError("data.shards", f"'{cfg.data.shards}' holds an RQ-VAE's latents, but this model reads {reads}",
+                          "point data.shards at image shards (or, for the DQ-Transformer, data_prep.latents of a DQ-VAE)")
+    if "dq_grain_shape" not in manifest:
+        return
+    if not dq_model:
+        raise ConfigError("data.shards", f"'{cfg.data.shards}' holds a DQ-VAE's codes, read by stage2.model.kind=dq only",
+                          "point data.shards at image shards, or train the DQ-Transformer on them")
+    h, w = (n // 2 for n in cfg.rqvae.code_shape[:2])
+    if list(manifest["dq_grain_shape"]) != [h, w]:
+        raise ConfigError("data.shards", f"'{cfg.data.shards}' holds grain maps of {manifest['dq_grain_shape']} regions, "
+                          f"this config's DQ-VAE has {[h, w]}", "extract the codes with this config's DQ-VAE, or match rqvae.*")
+
+
 def class_count(cfg: Config) -> Optional[int]:
     """How many classes training labels must fit, or None when the model takes no class label."""
     if cfg.stage == "stage2" and cfg.stage2.model.condition == "class":
@@ -72,12 +98,25 @@ def eval_images(cfg: Config) -> torch.Tensor:
     in epoch-0 order without augmentation."""
     if data_kind(cfg) == "bundled":
         return bundled_split(cfg)[2]
+    return first_shard_images(cfg, EVAL_SIZE)
+
+
+def training_images(cfg: Config, count: int) -> torch.Tensor:
+    """Up to `count` training images without augmentation: the bundled training split, or the shards' first
+    samples in epoch-0 order (for statistics of the training set, e.g. python -m data_prep.entropy)."""
+    if data_kind(cfg) == "bundled":
+        return bundled_split(cfg)[0][:count]
+    return first_shard_images(cfg, count)
+
+
+def first_shard_images(cfg: Config, count: int) -> torch.Tensor:
+    """The first `count` images of the shards in epoch-0 order, centre-cropped and unflipped, in [-1, 1]."""
     images = []
     for batch in shard_loader(cfg, train=False).epoch_batches():
         images.append(to_unit_range(batch["images"]))
-        if sum(len(x) for x in images) >= EVAL_SIZE:
+        if sum(len(x) for x in images) >= count:
             break
-    return torch.cat(images)[:EVAL_SIZE]
+    return torch.cat(images)[:count]
 
 
 def class_names_of(cfg: Config) -> Optional[list]:
@@ -161,13 +200,13 @@ class RankBatches:
         return [] if self._bundled else list(self._loader.bad_examples)
 
     def next_step(self) -> list:
-        """The micro-batches of the next optimizer step: [{"images" or "latents", "cond"}, ...]."""
+        """The micro-batches of the next optimizer step: [{"images" or "latents" or "codes" + "grain" + "lengths",
+        "cond"}, ...]."""
         batch = self._next_bundled() if self._bundled else self._next_shard_batch()
-        field = "latents" if "latents" in batch else "images"
-        if len(batch[field]) < self.grad_accum:
-            raise RuntimeError(f"rank {self.rank} got {len(batch[field])} readable samples for {self.grad_accum} micro-batches")
-        parts = [torch.tensor_split(batch[k], self.grad_accum) for k in (field, "cond")]
-        return [{field: x, "cond": y} for x, y in zip(*parts)]
+        if len(batch["cond"]) < self.grad_accum:
+            raise RuntimeError(f"rank {self.rank} got {len(batch['cond'])} readable samples for {self.grad_accum} micro-batches")
+        parts = {k: torch.tensor_split(v, self.grad_accum) for k, v in batch.items()}
+        return [{k: v[i] for k, v in parts.items()} for i in range(self.grad_accum)]
 
     def _next_bundled(self) -> dict:
         images, labels = self._bundled
@@ -193,6 +232,8 @@ class RankBatches:
             cond = self._tokenizer.encode_batch(batch["txt"]) if n else torch.empty(0, self._tokenizer.length, dtype=torch.long)
         else:
             cond = batch.get("cond", torch.full((n,), -1))
+        if "codes" in batch:
+            return {**{k: batch[k] for k in ("codes", "grain", "lengths")}, "cond": cond}
         if "latents" in batch:
             return {"latents": batch["latents"], "cond": cond}
         return {"images": to_unit_range(batch["images"]), "cond": cond}

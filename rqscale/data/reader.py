@@ -33,7 +33,8 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from webdataset.tariterators import base_plus_ext
 
 from rqscale.config import ConfigError
-from rqscale.data.latents import LATENT_FIELD, latent_from_bytes
+from rqscale.data.dq_sequence import sequence_lengths
+from rqscale.data.latents import DQ_CODES_FIELD, GRAIN_FIELD, LATENT_FIELD, dq_codes_from_bytes, latent_from_bytes
 from rqscale.data.storage import filesystem, join, read_bytes
 from rqscale.data.transforms import decode_image_uint8
 
@@ -68,6 +69,7 @@ class Shard:
     samples: int
     offsets: tuple  # byte offset of each sample's first tar header, then the end of the last
     latent_shape: Optional[tuple] = None  # (H, W, n_z) for latent shards (data_prep.latents)
+    dq_grain_shape: Optional[tuple] = None  # (h, w) for DQ-VAE code shards (data_prep.latents of a DQ-VAE)
 
 
 def load_shards(manifest_url: str) -> list:
@@ -75,7 +77,8 @@ def load_shards(manifest_url: str) -> list:
     data = json.loads(read_bytes(manifest_url))
     base = posixpath.dirname(manifest_url) or "."
     shape = tuple(data["latent_shape"]) if "latent_shape" in data else None
-    return [Shard(join(base, s["name"]), s["samples"], tuple(s["offsets"]), shape) for s in data["shards"]]
+    grain = tuple(data["dq_grain_shape"]) if "dq_grain_shape" in data else None
+    return [Shard(join(base, s["name"]), s["samples"], tuple(s["offsets"]), shape, grain) for s in data["shards"]]
 
 
 def load_class_names(manifest_url: str) -> Optional[list]:
@@ -146,11 +149,13 @@ def _parse_entry(data: bytes, size: int) -> Optional[dict]:
 
 
 def decode_sample(raw: dict, resolution: int, rng: Optional[np.random.Generator], latent_shape=None, flip: bool = True,
-                  need_text: bool = False) -> dict:
-    """One raw sample -> {"key", "image" (uint8) or "latent", "cls"?, "txt"?}; BadSample if its data is bad,
-    or if `need_text` (a text-conditional run) and it has no caption."""
+                  need_text: bool = False, dq_grain_shape=None) -> dict:
+    """One raw sample -> {"key", "image" (uint8) or "latent" or "codes" + "grain", "cls"?, "txt"?}; BadSample if
+    its data is bad, or if `need_text` (a text-conditional run) and it has no caption."""
     sample = {"key": raw["__key__"]}  # _parse_tar names every sample
-    if latent_shape is not None:
+    if dq_grain_shape is not None:
+        sample["codes"], sample["grain"] = _decode_dq_codes(raw, dq_grain_shape)
+    elif latent_shape is not None:
         sample["latent"] = _decode_latent(raw, latent_shape)
     else:
         sample["image"] = _decode_image(raw, resolution, rng, flip)  # made float per batch in collate
@@ -188,6 +193,13 @@ def _decode_latent(raw: dict, shape: tuple):
     if len(data) != expected:
         raise BadSample(raw["__key__"], f"latent has {len(data)} bytes, {expected} expected for shape {tuple(shape)}")
     return latent_from_bytes(data, shape)
+
+
+def _decode_dq_codes(raw: dict, grain_shape: tuple):
+    try:
+        return dq_codes_from_bytes(_field(raw, DQ_CODES_FIELD), _field(raw, GRAIN_FIELD), grain_shape)
+    except ValueError as exc:
+        raise BadSample(raw["__key__"], str(exc)) from None
 
 
 def _decode_label(raw: dict) -> int:
@@ -260,7 +272,8 @@ class ShardReader(IterableDataset):
                     if raw is None:
                         raise BadSample(f"{posixpath.basename(shard.url)}#{first + j}", "tar entry unreadable: corrupt header or shard cut short")
                     rng = np.random.default_rng([self.seed, self.epoch, run_start + j]) if self.train else None
-                    samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape, self.flip, self.need_text))
+                    samples.append(decode_sample(raw, self.resolution, rng, shard.latent_shape, self.flip, self.need_text,
+                                                 shard.dq_grain_shape))
                 except BadSample as exc:
                     bad += 1
                     problems.append((exc.key, exc.reason))
@@ -269,10 +282,18 @@ class ShardReader(IterableDataset):
 
 def collate(samples: list) -> dict:
     batch = {"keys": [s["key"] for s in samples]}
+    if samples and "codes" in samples[0]:  # DQ-VAE codes: the sequence lengths ride along, known on the host
+        batch["codes"], batch["grain"] = (torch.stack([s[k] for s in samples]) for k in ("codes", "grain"))
+        batch["lengths"] = sequence_lengths(batch["grain"])
+        return _labels_and_captions(batch, samples)
     field, name = ("latent", "latents") if samples and "latent" in samples[0] else ("image", "images")
     # Images stay uint8 here: 4x less to move between processes (and to a GPU); the consumer maps
     # them to [-1, 1] with to_unit_range, on the device.
     batch[name] = torch.stack([s[field] for s in samples]) if samples else torch.empty(0)
+    return _labels_and_captions(batch, samples)
+
+
+def _labels_and_captions(batch: dict, samples: list) -> dict:
     if samples and "cls" in samples[0]:
         batch["cond"] = torch.tensor([s.get("cls", -1) for s in samples])  # -1: no label, as in pipeline.py
     if any("txt" in s for s in samples):

@@ -9,7 +9,8 @@ modules/dynamic_modules/{EncoderDual,RouterDual,DecoderPositional,budget}.py):
             tap the last level's (F = 16); each tap has its own mid block, GroupNorm, SiLU, 3x3 conv (S, R)
   router    GroupNorm(coarse) and 2x2-average-pooled GroupNorm(fine), concatenated, Linear-SiLU-Linear to
             2 logits per region (0 coarse, 1 fine); hard Gumbel-softmax with straight-through gradient
-            when training, argmax in evaluation (R)
+            when training, argmax in evaluation (S, R). Or (rqvae.dq.router=entropy, R's later "better
+            version"): fine where the region's pixel entropy exceeds a threshold fixed from the training set
   assembly  coarse features repeated 2x2 where the gate says coarse, fine ones elsewhere, multiplied by
             the chosen gate (1 forward; the router's gradient path to the reconstruction) (R)
   budget    lambda (fine share of the batch's regions - r_f)^2 (S; R doubles it, see DQConfig)
@@ -30,6 +31,7 @@ from torch import nn
 
 from rqscale.config.schema import RQVAEConfig
 from rqscale.config.validate import check_dq_shape
+from rqscale.models.image_entropy import region_entropy
 from rqscale.models.layers import group_norm
 from rqscale.models.rqvae import CodeDecoding, Decoder, EncoderTrunk, _mid
 from rqscale.quantizer import ResidualQuantizer
@@ -67,6 +69,23 @@ class GrainRouter(nn.Module):
         pooled = F.avg_pool2d(self.norm_fine(fine), 2)
         both = torch.cat([self.norm_coarse(coarse), pooled], dim=1).permute(0, 2, 3, 1)
         return self.mlp(both)
+
+
+class EntropyRouter(nn.Module):
+    """A region is fine where its pixel entropy (rqscale/models/image_entropy.py) exceeds a threshold fixed from
+    the training set: no parameters, no gradient, the same in training and evaluation (R: RouterDual.py's
+    DualGrainFixedEntropyRouter with update_router False). The threshold is a buffer, so the exported weights
+    carry it to stage 2; it is held in integer micro-nats because engines cast floating buffers to bf16."""
+
+    def __init__(self, threshold: float | None):
+        super().__init__()
+        micro = -1 if threshold is None else round(threshold * 1e6)  # -1: unset, a loaded state dict fills it
+        self.register_buffer("threshold_micro_nats", torch.tensor(micro, dtype=torch.long))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, h, w, 2) one-hot choice (0 coarse, 1 fine)."""
+        fine = region_entropy(images) * 1e6 > self.threshold_micro_nats
+        return F.one_hot(fine.long(), 2).to(images.dtype)
 
 
 def gate(logits: torch.Tensor, training: bool, tau: float) -> torch.Tensor:
@@ -143,7 +162,7 @@ class DQVAE(CodeDecoding, nn.Module):  # decode_codes (D = 1), last_layer: as th
         check_dq_shape(cfg)
         self.cfg, dq = cfg, cfg.dq
         self.encoder = DualGrainEncoder(cfg)
-        self.router = GrainRouter(cfg.z_channels)
+        self.router = EntropyRouter(dq.entropy_threshold) if dq.router == "entropy" else GrainRouter(cfg.z_channels)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.code_dim, 1)
         self.post_quant_conv = nn.Conv2d(cfg.code_dim, cfg.z_channels, 1)
         self.quantizer = ResidualQuantizer(cfg.num_codes, cfg.code_dim, 1, decay=cfg.ema_decay, restart_unused=cfg.restart_unused)
@@ -153,7 +172,10 @@ class DQVAE(CodeDecoding, nn.Module):  # decode_codes (D = 1), last_layer: as th
     def routed(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(the assembled latent, channels-last (B, 2h, 2w, n_z); the gate (B, h, w, 2))."""
         fine, coarse = self.encoder(images)
-        choice = gate(self.router(fine, coarse), self.training, self.cfg.dq.gumbel_tau)
+        if self.cfg.dq.router == "entropy":
+            choice = self.router(images).to(fine.dtype)
+        else:
+            choice = gate(self.router(fine, coarse), self.training, self.cfg.dq.gumbel_tau)
         z = self.quant_conv(assemble(fine, coarse, choice))
         return z.permute(0, 2, 3, 1).contiguous(), choice
 
@@ -169,7 +191,9 @@ class DQVAE(CodeDecoding, nn.Module):  # decode_codes (D = 1), last_layer: as th
         q = self.quantizer(z)
         copy_weight = torch.where(_fine_positions(choice), 1.0, self.cfg.dq.coarse_commit_weight)
         commitment = (copy_weight.unsqueeze(-1) * (z.float() - q.partial_sums[-1]).pow(2)).mean()
-        budget, share = budget_loss(choice, self.cfg.dq.fine_ratio, self.cfg.dq.budget_weight)
+        # The entropy router has nothing to train: no budget loss (R's entropy config leaves it out).
+        weight = 0.0 if self.cfg.dq.router == "entropy" else self.cfg.dq.budget_weight
+        budget, share = budget_loss(choice, self.cfg.dq.fine_ratio, weight)
         return DQVAEOutput(self.decode_latents(q.z_q), q.codes, choice[..., 1].long().detach(), commitment, budget, share)
 
     @torch.no_grad()

@@ -3,8 +3,9 @@ as R) -> coarse-to-fine sequences -> packed rows -> position and content cross-e
 
 Loss (R: stackgpt.py, both weights 1.0): content CE + (coarse-position CE + fine-position CE) / 2, each
 a mean over its own targets; every target of a sequence counts, EOS and the fine SOS included (R), pads
-never. The packing needs the sequences' lengths on the host: the step's one device-to-host read, which
-variable-length rows cannot avoid (R pays the same as padding to the batch's longest segments).
+never. The packing needs the sequences' lengths on the host. From DQ code shards (data_prep.latents of a DQ-VAE) the
+reader computes them from the grain maps it decoded, so the step reads nothing back. Encoding images on the
+fly, they are the step's one device-to-host read (R pays the same as padding to the batch's longest segments).
 """
 from __future__ import annotations
 
@@ -32,18 +33,21 @@ class DQStage2Task(Stage2Task):
 
     @torch.no_grad()
     def sequences(self, batch: dict):
-        """(Sequences, grain) of a batch of images, or of given codes and grain maps ("codes", "grain")."""
+        """(Sequences, grain, host lengths) of a batch of images, or of given codes and grain maps ("codes",
+        "grain"; with "lengths" on the host when they come from DQ code shards)."""
         if "codes" in batch:
-            return to_sequences(batch["codes"], batch["grain"], self.layout), batch["grain"]
+            seq = to_sequences(batch["codes"], batch["grain"], self.layout)
+            return seq, batch["grain"], _host_list(batch["lengths"]) if "lengths" in batch else seq.length.tolist()
         if "images" not in batch:  # a ConfigError: Ray must not retry it
-            raise ConfigError("data.shards", "these shards hold pre-extracted latents; the DQ-Transformer encodes images with "
-                              "its DQ-VAE on the fly", "point data.shards at image shards")
+            raise ConfigError("data.shards", "these shards hold an RQ-VAE's latents; the DQ-Transformer reads images or "
+                              "a DQ-VAE's codes", "point data.shards at image shards, or at data_prep.latents' output for a DQ-VAE")
         codes, grain = self.rqvae.encode_with_grain(batch["images"])
-        return to_sequences(codes, grain, self.layout), grain
+        seq = to_sequences(codes, grain, self.layout)
+        return seq, grain, seq.length.tolist()  # the step's one host read (module docstring)
 
-    def packed_tokens(self, seq, cond: Optional[torch.Tensor]) -> tuple:
+    def packed_tokens(self, seq, lengths: list, cond: Optional[torch.Tensor]) -> tuple:
         """(input Tokens (R, C), targets (content, position, segment), valid slots, attention, padding share)."""
-        rows = pack(seq.length.tolist(), self.layout.max_length)  # the step's one host read (module docstring)
+        rows = pack(lengths, self.layout.max_length)
         device = seq.content.device
         source, sample = rows.source.to(device, non_blocking=True), rows.sample.to(device, non_blocking=True)
         valid = source >= 0
@@ -55,9 +59,9 @@ class DQStage2Task(Stage2Task):
         return tokens, (c[nxt], p[nxt], s[nxt]), valid, packed_attention(sample), rows.padding
 
     def losses(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict:
-        seq, grain = self.sequences(batch)
+        seq, grain, lengths = self.sequences(batch)
         cond, _ = self.condition(batch)
-        tokens, (content, position, segment), valid, attend, padding = self.packed_tokens(seq, cond)
+        tokens, (content, position, segment), valid, attend, padding = self.packed_tokens(seq, lengths, cond)
         out = self.model(tokens, attend)
         content_ce = _masked_mean(_ce(out.content_logits, content), valid)
         position_ce = _ce(out.position_logits, position)
@@ -67,6 +71,12 @@ class DQStage2Task(Stage2Task):
         return {"total": total, "content": content_ce.detach(), "coarse_position": coarse.detach(),
                 "fine_position": fine.detach(), "padding": padding,  # a host float: no copy to the device
                 "codes_per_image": codes_per_image(grain).float().mean()}
+
+
+def _host_list(lengths: torch.Tensor) -> list:
+    if lengths.device.type != "cpu":  # the training loop keeps it on the host (rqscale/train/loop.py HOST_FIELDS)
+        raise ValueError("DQ sequence lengths must arrive on the host; reading them back would cost a device sync")
+    return lengths.tolist()
 
 
 def _ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 from typing import Callable
 
-from rqscale.config import Config, ConfigError
+from rqscale.config import Config, ConfigError, data_kind
 from rqscale.train.session import LocalSession
 from rqscale.train.loop import TrainingLoop, log_dir_of, resolve_device, run_uri_of
 
@@ -25,6 +25,10 @@ def check_runnable(cfg: Config) -> None:
     config's tokenizer and captions are checked here too (reading the first sample of the shards)."""
     check_remote_files(cfg)
     check_same_model(cfg)
+    if data_kind(cfg) == "webdataset":
+        from rqscale.data.pipeline import check_shard_kind
+
+        check_shard_kind(cfg)
     if cfg.stage == "stage2" and cfg.stage2.model.condition == "text":
         from rqscale.data.pipeline import check_text_setup
 
@@ -52,7 +56,7 @@ def check_remote_files(cfg: Config) -> None:
 
 # The keys that shape a stage's weights: a run resumed under a config that changes one cannot load its
 # checkpoint (an autoregressive model's into a contextual one, say, or the reverse).
-RQVAE_SHAPE = ("rqvae.kind", "rqvae.dq.decoder_ch_mult", "rqvae.dq.decoder_attn_resolutions", "rqvae.resolution", "rqvae.in_channels", "rqvae.ch", "rqvae.ch_mult", "rqvae.encoder_res_blocks",
+RQVAE_SHAPE = ("rqvae.kind", "rqvae.dq.router", "rqvae.dq.decoder_ch_mult", "rqvae.dq.decoder_attn_resolutions", "rqvae.resolution", "rqvae.in_channels", "rqvae.ch", "rqvae.ch_mult", "rqvae.encoder_res_blocks",
                "rqvae.decoder_res_blocks", "rqvae.attn_resolutions", "rqvae.z_channels", "rqvae.code_shape",
                "rqvae.num_codes", "rqvae.code_dim", "rqvae.shared_codebook", "stage1.loss.disc_layers", "stage1.loss.disc_ndf")
 STAGE2_SHAPE = ("stage2.model.kind", "stage2.model.embed_dim", "stage2.model.num_heads", "stage2.model.spatial_layers",

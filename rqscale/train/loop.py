@@ -39,6 +39,16 @@ StepHook = Callable[..., None]
 PROGRESS_KEYS = {"stage1": ("g/recon", "g/commit", "g/lpips", "g/code_usage", "g/fine_share", "g/codes_per_image", "lr"),
                  "stage2": ("loss", "depth1", "text", "content", "coarse_position", "fine_position", "padding", "grad_norm",
                             "lr")}  # text: text models only; content ... padding: DQ-Transformers only
+# Batch fields that stay on the host: the DQ-VAE code shards' sequence lengths, which the DQ-Transformer's packing
+# reads without a device-to-host copy (rqscale/tasks/dq_stage2.py).
+HOST_FIELDS = ("lengths",)
+
+
+def batch_to_device(batch: dict, device) -> dict:
+    """A micro-batch's tensors on the step's device, queued without waiting, but for HOST_FIELDS."""
+    return {k: v if k in HOST_FIELDS else v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 DQ_LOSS_PARTS = ("content", "coarse_position", "fine_position", "padding")
 
 
@@ -204,7 +214,7 @@ class TrainingLoop:
         for step in range(start, t.max_steps):
             if self.step_hook is not None:
                 self.step_hook(step=step, rank=self.rank, fresh=fresh, log_dir=self.log_dir)
-            micro = [{k: v.to(self.device, non_blocking=True) for k, v in b.items()} for b in self.data.next_step()]
+            micro = [batch_to_device(b, self.device) for b in self.data.next_step()]
             metrics, taken = self.engines.step(micro, step)
             window.add(step, {**metrics, "taken": taken, "skipped_samples": self.data.skipped_samples})
             done = step + 1

@@ -9,6 +9,9 @@ from rqscale.config import ConfigError
 from rqscale.data.file_cache import local_copy
 from rqscale.utils.images import save_grid
 
+ENTROPY_KEY = "router.threshold_micro_nats"  # the DQ-VAE's entropy router (rqscale/models/dqvae.py)
+
+
 def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
     state = torch.load(local_copy(path), map_location="cpu", weights_only=True)  # s3://: this node's cached copy
     holds_dq, wants_dq = any(k.startswith("router.") for k in state), hasattr(module, "router")
@@ -16,6 +19,11 @@ def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
         held, kind = ("a DQ-VAE", "dq") if holds_dq else ("an RQ-VAE", "rq")
         raise ConfigError(key, f"'{path}' holds {held}, but the config builds {'a DQ-VAE' if wants_dq else 'an RQ-VAE'}",
                           f"set rqvae.kind={kind} (a DQ-VAE's codes are read by stage2.model.kind=dq only), or pick the other file")
+    holds_entropy, wants_entropy = ENTROPY_KEY in state, hasattr(getattr(module, "router", None), "threshold_micro_nats")
+    if holds_dq and holds_entropy != wants_entropy:  # the DQ-VAE's other router
+        held, built = ("entropy", "feature") if holds_entropy else ("feature", "entropy")
+        raise ConfigError(key, f"'{path}' holds a DQ-VAE with the {held} router, but the config builds the {built} router",
+                          f"set rqvae.dq.router={held}, or pick the other file")
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(key, f"'{path}' does not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})",

@@ -85,7 +85,7 @@ def test_packed_rows_compute_what_each_sample_alone_computes_and_the_loss_is_the
     codes, grain = random_codes(9, task.layout, seed=3)
     cond = torch.arange(9) % 10
     seq = to_sequences(codes, grain, task.layout)
-    tokens, _, valid, attend, _ = task.packed_tokens(seq, cond)
+    tokens, _, valid, attend, _ = task.packed_tokens(seq, seq.length.tolist(), cond)
     sample = pack(seq.length.tolist(), task.layout.max_length).sample  # the slots' samples, as packed_tokens packs
     with torch.no_grad():
         packed = task.model(tokens, attend)
