@@ -28,10 +28,11 @@ def encode_shard(config_yaml: str, rqvae_path: str, shard, out: str, index: int,
     """One Ray task: read a shard, encode its images, write the latent shard and its .done entry."""
     from rqscale.config import from_yaml_text
     from rqscale.models import build_stage1_model
+    from rqscale.train.stage1 import load_init_weights
 
     cfg = from_yaml_text(config_yaml)
     model = build_stage1_model(cfg.rqvae).eval()  # eval: a DQ-VAE's router takes its argmax
-    model.load_state_dict(torch.load(rqvae_path, map_location="cpu", weights_only=True))
+    load_init_weights(model, rqvae_path, "--rqvae")  # the other family or router: a ConfigError, not retried
     item_of = _dq_item if cfg.rqvae.kind == "dq" else _latent_item
     raws = read_run(shard, 0, shard.samples)
     items, bad = [], 0
@@ -84,7 +85,8 @@ def extract(config_path: str, rqvae: str, shards_manifest: str, out: str, overri
     for entry, (_, _, _, _, i) in zip(map_tasks(encode_shard, jobs, local_cpus=local_cpus), jobs):
         done[i] = entry
     h, w, _ = cfg.rqvae.code_shape
-    shape = {"dq_grain_shape": [h // 2, w // 2]} if cfg.rqvae.kind == "dq" else {"latent_shape": [h, w, cfg.rqvae.code_dim]}
+    shape = ({"dq_grain_shape": [h // 2, w // 2], "dq_num_codes": cfg.rqvae.num_codes} if cfg.rqvae.kind == "dq"
+             else {"latent_shape": [h, w, cfg.rqvae.code_dim]})
     manifest = {"dataset": "latents", **shape, "source": shards_manifest,
                 "samples": sum(e["samples"] for e in done.values()), "bad": sum(e["bad"] for e in done.values()),
                 "shards": [done[i] for i in sorted(done)], "complete": True}

@@ -15,7 +15,9 @@ class RunConfig:
     name: str = "rqscale"
     output_dir: str = "runs"  # storage: a local directory or s3://bucket/prefix; a run lives in <output_dir>/<name>/
     seed: int = 0
-    init_from: Optional[str] = None  # RQ-VAE state dict to start from (fine-tuning, A.3 LSUN)
+    # Weights to start from (fine-tuning): stage 1, an RQ-VAE state dict (rqvae.pt; A.3 LSUN); stage 2, a
+    # consolidated rqtransformer.pt (a stage-2 run's, or python -m rqscale.convert's)
+    init_from: Optional[str] = None
     verbose: bool = False  # true: the terminal also shows Ray's, DeepSpeed's and torch's own output (rqscale/launch/console.py)
 
 

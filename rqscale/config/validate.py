@@ -1,6 +1,7 @@
 """Range and cross-field checks. Each failure raises ConfigError naming the key and the fix."""
 from __future__ import annotations
 
+import math
 import os
 
 from rqscale.config.derive import batch_plan, data_kind  # batch_plan: the loop and ds_config import it from here
@@ -108,6 +109,9 @@ def _check_dq_ranges(dq) -> None:
                           "weigh each copy of a coarse region in (0, 1]: 0.25 counts the region once (the reference)")
     if dq.router not in DQ_ROUTERS:
         raise ConfigError("rqvae.dq.router", f"unknown router '{dq.router}'", f"use one of {', '.join(DQ_ROUTERS)}")
+    if dq.entropy_threshold is not None and not 0.0 <= dq.entropy_threshold <= math.log(32):
+        raise ConfigError("rqvae.dq.entropy_threshold", f"{dq.entropy_threshold} is outside [0, log 32] (a 32-bin entropy)",
+                          "set the value python -m data_prep.entropy --config CONFIG prints")
 
 
 def _check_stage1_ranges(cfg: Config) -> None:
@@ -354,7 +358,8 @@ def _check_lpips_weights(cfg: Config) -> None:
 
 def _check_files(cfg: Config) -> None:
     if cfg.run.init_from and not cfg.run.init_from.startswith("s3://") and not os.path.isfile(cfg.run.init_from):
-        raise ConfigError("run.init_from", f"weights file '{cfg.run.init_from}' does not exist", "point run.init_from at a trained RQ-VAE state dict (rqvae.pt)")
+        wanted = "a trained RQ-VAE state dict (rqvae.pt)" if cfg.stage == "stage1" else "a stage-2 checkpoint (rqtransformer.pt)"
+        raise ConfigError("run.init_from", f"weights file '{cfg.run.init_from}' does not exist", f"point run.init_from at {wanted}")
     ckpt = cfg.stage2.rqvae_checkpoint
     if cfg.stage == "stage2":
         if not ckpt:

@@ -34,6 +34,8 @@ def _grain_masks(grain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def dq_code_bytes(codes: torch.Tensor, grain: torch.Tensor) -> tuple[bytes, bytes]:
     """(codes field, grain field) of one image: its (2h, 2w, 1) code map and (h, w) grain map."""
     code_map, grain_map = codes[..., 0].cpu().numpy(), grain.cpu().numpy().astype(np.uint8)
+    if code_map.max(initial=0) >= 1 << 16:
+        raise ValueError(f"code {int(code_map.max())} does not fit the shards' 16-bit field (rqvae.num_codes <= 65536)")
     corner, fine = _grain_masks(grain_map)
     ordered = np.concatenate([code_map[corner], code_map[fine]])
     return ordered.astype("<u2").tobytes(), grain_map.tobytes()

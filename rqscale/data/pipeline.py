@@ -65,11 +65,16 @@ def check_text_setup(cfg: Config) -> None:
 def check_shard_kind(cfg: Config) -> None:
     """Before any worker starts: the shards hold what this run's model reads (images; an RQ-VAE's latents for an
     RQ or contextual stage 2; a DQ-VAE's codes, of this map's shape, for the DQ-Transformer)."""
+    from rqscale.data.file_cache import unreadable
+
+    fix = "point data.shards at the manifest.json that data_prep wrote"
+    problem = unreadable(cfg.data.shards)  # missing, forbidden, no credentials: named before any worker starts
+    if problem:
+        raise ConfigError("data.shards", problem, fix)
     try:
         manifest = json.loads(read_bytes(cfg.data.shards))
-    except FileNotFoundError:
-        raise ConfigError("data.shards", f"no shard manifest at '{cfg.data.shards}'",
-                          "point data.shards at the manifest.json that data_prep wrote") from None
+    except ValueError as exc:
+        raise ConfigError("data.shards", f"'{cfg.data.shards}' is not a JSON manifest ({exc})", fix) from None
     dq_model = cfg.stage == "stage2" and cfg.stage2.model.kind == "dq"
     if "latent_shape" in manifest and (cfg.stage == "stage1" or dq_model):
         reads = "images" if cfg.stage == "stage1" else "images or a DQ-VAE's codes"
@@ -81,6 +86,9 @@ def check_shard_kind(cfg: Config) -> None:
         raise ConfigError("data.shards", f"'{cfg.data.shards}' holds a DQ-VAE's codes, read by stage2.model.kind=dq only",
                           "point data.shards at image shards, or train the DQ-Transformer on them")
     h, w = (n // 2 for n in cfg.rqvae.code_shape[:2])
+    if manifest.get("dq_num_codes", cfg.rqvae.num_codes) != cfg.rqvae.num_codes:
+        raise ConfigError("data.shards", f"'{cfg.data.shards}' holds codes of a {manifest['dq_num_codes']}-entry codebook, "
+                          f"this config's DQ-VAE has {cfg.rqvae.num_codes}", "extract the codes with this config's DQ-VAE")
     if list(manifest["dq_grain_shape"]) != [h, w]:
         raise ConfigError("data.shards", f"'{cfg.data.shards}' holds grain maps of {manifest['dq_grain_shape']} regions, "
                           f"this config's DQ-VAE has {[h, w]}", "extract the codes with this config's DQ-VAE, or match rqvae.*")

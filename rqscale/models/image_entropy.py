@@ -26,7 +26,7 @@ def region_entropy(images: torch.Tensor) -> torch.Tensor:
     bins = torch.linspace(-1, 1, BINS, device=x.device)
     pdf = torch.exp(-0.5 * ((pixels.unsqueeze(-1) - bins) / SIGMA).pow(2)).mean(dim=-2)
     pdf = pdf / (pdf.sum(dim=-1, keepdim=True) + EPS) + EPS
-    return -(pdf * pdf.log()).sum(dim=-1)
+    return -torch.special.xlogy(pdf, pdf).sum(dim=-1)  # 0 log 0 = 0 even where subnormal EPS flushes to 0
 
 
 def entropy_threshold(entropies: torch.Tensor, fine_ratio: float) -> float:

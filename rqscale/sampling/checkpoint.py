@@ -22,14 +22,19 @@ FORMAT = "rqscale-stage2/1"
 
 
 def save_consolidated(path: str, cfg: Config, rqvae: RQVAE, model: RQTransformer) -> str:
-    state = {"format": FORMAT, "config": to_yaml(cfg), "rqvae": rqvae.state_dict(), "rqtransformer": model.state_dict()}
+    return save_consolidated_state(path, cfg, rqvae.state_dict(), model.state_dict())
+
+
+def save_consolidated_state(path: str, cfg: Config, rqvae_state: dict, model_state: dict) -> str:
+    """The consolidated file from the two state dicts (e.g. converted ones, rqscale.convert)."""
+    state = {"format": FORMAT, "config": to_yaml(cfg), "rqvae": rqvae_state, "rqtransformer": model_state}
     tmp = path + ".tmp"
     torch.save(state, tmp)
     os.replace(tmp, path)  # never leave a half-written checkpoint under the real name
     return path
 
 
-def _read_state(path: str, **load_args) -> dict:
+def read_state(path: str, **load_args) -> dict:
     """The checkpoint's dict (an s3:// one from this node's cache); a missing or foreign file is a clear error."""
     if is_s3(path):
         problem = unreadable(path)
@@ -46,12 +51,12 @@ def _read_state(path: str, **load_args) -> dict:
 
 def read_config(path: str) -> Config:
     """Only the config of a consolidated checkpoint (memory-mapped: the weights are not read)."""
-    return from_yaml_text(_read_state(path, map_location="cpu", mmap=True)["config"])
+    return from_yaml_text(read_state(path, map_location="cpu", mmap=True)["config"])
 
 
 def load_consolidated(path: str, device: str = "cpu"):
     """-> (cfg, rqvae, model), both in eval mode. A missing or foreign file is a clear error."""
-    state = _read_state(path, map_location=device)
+    state = read_state(path, map_location=device)
     cfg = from_yaml_text(state["config"])
     rqvae = build_stage1_model(cfg.rqvae)
     rqvae.load_state_dict(state["rqvae"])

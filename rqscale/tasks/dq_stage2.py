@@ -75,7 +75,8 @@ class DQStage2Task(Stage2Task):
 
 def _host_list(lengths: torch.Tensor) -> list:
     if lengths.device.type != "cpu":  # the training loop keeps it on the host (rqscale/train/loop.py HOST_FIELDS)
-        raise ValueError("DQ sequence lengths must arrive on the host; reading them back would cost a device sync")
+        raise ValueError(f"batch['lengths'] is on {lengths.device}: keep it on the host (rqscale/train/loop.py HOST_FIELDS); "
+                         "reading it back would cost a device sync every step")
     return lengths.tolist()
 
 

@@ -39,7 +39,7 @@ def remote_file_keys(cfg: Config) -> list:
     """The config keys naming a weights file this run loads."""
     if cfg.stage == "stage1":
         return ["run.init_from"]
-    return ["stage2.rqvae_checkpoint"] + (["stage2.tokenizer"] if cfg.stage2.model.condition == "text" else [])
+    return ["stage2.rqvae_checkpoint", "run.init_from"] + (["stage2.tokenizer"] if cfg.stage2.model.condition == "text" else [])
 
 
 def check_remote_files(cfg: Config) -> None:
@@ -56,7 +56,7 @@ def check_remote_files(cfg: Config) -> None:
 
 # The keys that shape a stage's weights: a run resumed under a config that changes one cannot load its
 # checkpoint (an autoregressive model's into a contextual one, say, or the reverse).
-RQVAE_SHAPE = ("rqvae.kind", "rqvae.dq.router", "rqvae.dq.decoder_ch_mult", "rqvae.dq.decoder_attn_resolutions", "rqvae.resolution", "rqvae.in_channels", "rqvae.ch", "rqvae.ch_mult", "rqvae.encoder_res_blocks",
+RQVAE_SHAPE = ("rqvae.kind", "rqvae.dq.router", "rqvae.dq.entropy_threshold", "rqvae.dq.decoder_ch_mult", "rqvae.dq.decoder_attn_resolutions", "rqvae.resolution", "rqvae.in_channels", "rqvae.ch", "rqvae.ch_mult", "rqvae.encoder_res_blocks",
                "rqvae.decoder_res_blocks", "rqvae.attn_resolutions", "rqvae.z_channels", "rqvae.code_shape",
                "rqvae.num_codes", "rqvae.code_dim", "rqvae.shared_codebook", "stage1.loss.disc_layers", "stage1.loss.disc_ndf")
 STAGE2_SHAPE = ("stage2.model.kind", "stage2.model.embed_dim", "stage2.model.num_heads", "stage2.model.spatial_layers",

@@ -24,10 +24,21 @@ def load_init_weights(module: torch.nn.Module, path: str, key: str) -> None:
         held, built = ("entropy", "feature") if holds_entropy else ("feature", "entropy")
         raise ConfigError(key, f"'{path}' holds a DQ-VAE with the {held} router, but the config builds the {built} router",
                           f"set rqvae.dq.router={held}, or pick the other file")
+    if holds_entropy and wants_entropy:
+        _check_same_threshold(state[ENTROPY_KEY], getattr(module.router, "threshold_micro_nats"), path, key)
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConfigError(key, f"'{path}' does not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})",
                           "use a checkpoint trained with the same rqvae.* settings")
+
+
+def _check_same_threshold(held: torch.Tensor, configured: torch.Tensor, path: str, key: str) -> None:
+    """The weights' entropy threshold would replace the config's: refused when the config set another one
+    (-1: the config sets none, as a stage-2 config, and the weights' is taken)."""
+    if int(configured) >= 0 and int(held) != int(configured):
+        raise ConfigError("rqvae.dq.entropy_threshold", f"is {int(configured) / 1e6:.6f}, but '{path}' ({key}) was "
+                          f"trained with {int(held) / 1e6:.6f}", f"set rqvae.dq.entropy_threshold={int(held) / 1e6:.6f}, "
+                          "or train from scratch to use another threshold")
 
 
 @torch.no_grad()

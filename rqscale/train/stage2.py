@@ -62,6 +62,19 @@ def load_rqvae(cfg: Config) -> RQVAE:
     return model
 
 
+def load_init_transformer(model: nn.Module, path: str, key: str = "run.init_from") -> None:
+    """Fine-tuning: the RQ-Transformer weights of a consolidated rqtransformer.pt (a stage-2 run's or
+    python -m rqscale.convert's), refused naming `key` when they do not fit this config's model."""
+    from rqscale.config import ConfigError
+    from rqscale.sampling.checkpoint import read_state
+
+    state = read_state(path, map_location="cpu")["rqtransformer"]  # an s3:// file: this node's cached copy
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConfigError(key, f"'{path}' does not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})",
+                          "use a checkpoint of the same stage2.model.* and rqvae.* settings (its config.yaml has them)")
+
+
 @torch.no_grad()
 def sample_picture(task: Stage2Task, path: str, seed: int, per_row: int = 8,
                    class_names: Optional[Sequence[str]] = None, params: Optional[SamplingParams] = None,

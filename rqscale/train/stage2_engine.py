@@ -16,7 +16,7 @@ from rqscale.sampling.checkpoint import save_consolidated
 from rqscale.tasks import stage2_task
 from rqscale.train.engine_step import engine_step
 from rqscale.train.optim import build_optimizer, build_scheduler
-from rqscale.train.stage2 import decay_groups, load_rqvae, run_picture
+from rqscale.train.stage2 import decay_groups, load_init_transformer, load_rqvae, run_picture
 from rqscale.utils.collectives import DeviceCollectives
 
 ENGINE_TAG = "engine"
@@ -29,7 +29,10 @@ class Stage2Engines:
         cfg = with_resolved_precision(cfg, device)  # engine.precision=auto: bf16 or fp32 for this device
         self.cfg = cfg
         self.collectives = DeviceCollectives(device)
-        self.task = stage2_task(cfg, load_rqvae(cfg)).to(device)
+        self.task = stage2_task(cfg, load_rqvae(cfg))
+        if cfg.run.init_from:  # fine-tuning: before the engine takes the parameters (ZeRO partitions them)
+            load_init_transformer(self.task.model, cfg.run.init_from)
+        self.task = self.task.to(device)
         o = cfg.stage2.optim
         groups = decay_groups(self.task.model, o.weight_decay)
         self.optimizer = optimizer = build_optimizer(groups, o)

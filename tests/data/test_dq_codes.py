@@ -69,6 +69,7 @@ def epoch(manifest_url):
 def test_stored_codes_are_the_dq_vae_s_and_give_the_on_the_fly_loss(dq_codes):
     root, cfg, dqvae, manifest = dq_codes
     assert manifest["samples"] == 64 and manifest["dq_grain_shape"] == [2, 2] and "latent_shape" not in manifest
+    assert manifest["dq_num_codes"] == cfg.rqvae.num_codes
     task = DQStage2Task(cfg, dqvae).eval()  # eval: no dropout, so the two losses can be compared exactly
     for images, stored in zip(epoch(str(root / "images" / "manifest.json")), epoch(str(root / "codes" / "manifest.json"))):
         assert images["keys"] == stored["keys"] and torch.equal(images["cond"], stored["cond"])
@@ -127,6 +128,41 @@ def test_shards_of_the_wrong_kind_are_refused_before_workers_start(dq_codes, con
     with pytest.raises(ConfigError, match=r"data\.shards") as err:
         check_runnable(cfg)
     assert wanted in str(err.value)
+
+
+def manifest_at(tmp_path, **fields) -> str:
+    (tmp_path / "manifest.json").write_text(json.dumps({**fields, "shards": []}))
+    return str(tmp_path / "manifest.json")
+
+
+@pytest.mark.parametrize("config, overrides, fields", [
+    (DEBUG_STAGE2, [], {"latent_shape": [8, 8, 64]}),  # an RQ-Transformer on RQ-VAE latents
+    (DEBUG_STAGE2, ["stage2.model.kind=contextual"], {"latent_shape": [8, 8, 64]}),  # a contextual one too
+    (DQ_STAGE2, [], {"dq_grain_shape": [2, 2], "dq_num_codes": 256}),  # the DQ-Transformer on DQ-VAE codes
+    (DQ_STAGE2, [], {}),  # image shards: every model encodes them itself
+])
+def test_shards_of_the_right_kind_are_accepted(tmp_path, config, overrides, fields):
+    from rqscale.data.pipeline import check_shard_kind
+
+    shards = manifest_at(tmp_path, **fields)
+    check_shard_kind(load(config, [*overrides, "data.kind=webdataset", f"data.shards={shards}"], check_files=False))
+
+
+def test_codes_of_another_codebook_size_are_refused(tmp_path):
+    from rqscale.data.pipeline import check_shard_kind
+
+    shards = manifest_at(tmp_path, dq_grain_shape=[2, 2], dq_num_codes=1024)
+    with pytest.raises(ConfigError, match="1024-entry codebook"):
+        check_shard_kind(load(DQ_STAGE2, ["data.kind=webdataset", f"data.shards={shards}"], check_files=False))
+
+
+def test_an_unreadable_manifest_is_a_config_error_naming_the_key(tmp_path):
+    from rqscale.data.pipeline import check_shard_kind
+
+    (tmp_path / "manifest.json").write_text("{not json")
+    for shards in (str(tmp_path / "manifest.json"), str(tmp_path / "missing" / "manifest.json")):
+        with pytest.raises(ConfigError, match=r"data\.shards"):
+            check_shard_kind(load(DQ_STAGE2, ["data.kind=webdataset", f"data.shards={shards}"], check_files=False))
 
 
 def test_an_rq_vae_s_latents_are_refused_for_the_dq_transformer(tmp_path):

@@ -61,7 +61,7 @@ def test_data_prep_entropy_reproduces_the_debug_config_s_threshold(tmp_path, cap
     assert entropy.main(["--config", PHOTOS, "--out", str(table)]) == 0
     printed = capsys.readouterr().out
     value = float(printed.split("rqvae.dq.entropy_threshold=")[1].split()[0])
-    assert value == pytest.approx(load(PHOTOS).rqvae.dq.entropy_threshold, abs=1e-6)
+    assert value == pytest.approx(load(PHOTOS).rqvae.dq.entropy_threshold, abs=1e-5)
     percentiles = json.loads(table.read_text())
     assert list(percentiles) == [str(p) for p in range(1, 100)]
     assert percentiles["50"] == pytest.approx(value, abs=1e-6)  # fine_ratio 0.5: the median
@@ -114,6 +114,22 @@ def test_an_entropy_router_without_a_threshold_is_refused_naming_the_key_and_the
     with pytest.raises(ConfigError) as err:
         load(None, [*SMALL, "rqvae.dq.router=entropy"], check_files=False)
     assert "rqvae.dq.entropy_threshold" in str(err.value) and "data_prep.entropy" in str(err.value)
+
+
+@pytest.mark.parametrize("threshold", [-0.1, 3.5])  # an entropy over 32 bins lies in [0, log 32 = 3.466]
+def test_a_threshold_no_entropy_can_reach_is_refused_naming_the_key(threshold):
+    with pytest.raises(ConfigError, match=r"rqvae\.dq\.entropy_threshold"):
+        load(None, [*SMALL, "rqvae.dq.router=entropy", f"rqvae.dq.entropy_threshold={threshold}"], check_files=False)
+
+
+def test_weights_trained_with_another_threshold_are_refused_rather_than_silently_kept(tmp_path):
+    from rqscale.train.stage1 import load_init_weights
+
+    path = tmp_path / "entropy.pt"
+    torch.save(entropy_model(1.5).state_dict(), path)
+    load_init_weights(entropy_model(1.5), str(path), "run.init_from")  # the same threshold: accepted
+    with pytest.raises(ConfigError, match=r"rqvae\.dq\.entropy_threshold=1\.500000"):
+        load_init_weights(entropy_model(1.7), str(path), "run.init_from")
 
 
 def test_an_unknown_router_is_refused_naming_the_key():
