@@ -68,10 +68,13 @@ def recon_chunk(job, device: str) -> dict:
 
 def _recon_batch(model, extractor, batch: torch.Tensor, device: str, out: dict) -> None:
     x = to_unit_range(batch.to(device))
-    codes, recons = depth_reconstructions(model, x)
+    if model.cfg.kind == "dq":  # a DQ-VAE (one depth): how many codes each image's sequence holds (256 + 3 x fine regions at 256^2)
+        codes, grain = model.encode_with_grain(x)
+        recons = [model.decode_codes(codes)]
+        out.setdefault("codes_per_image", []).append(codes_per_image(grain).cpu())
+    else:
+        codes, recons = depth_reconstructions(model, x)
     out["used"][codes.flatten().cpu()] = True
-    if model.cfg.kind == "dq":  # a DQ-VAE: how many codes each image's sequence holds (256 + 3 x fine regions at 256^2)
-        out.setdefault("codes_per_image", []).append(codes_per_image(model.encode_with_grain(x)[1]).cpu())
     for d, recon in enumerate(recons):
         out["sq_err"][d] += float(F.mse_loss(recon.float(), x, reduction="sum"))  # unclamped, as coarse_to_fine
         out["depth_features"][d].append(extract(extractor, to_uint8_images(recon))[0])
