@@ -7,7 +7,8 @@ release layout, with the authors' outputs for fixed inputs. Run once, by hand, w
 
 What it writes (tests/unit/test_convert_official.py reads it, with none of the authors' code):
   stage1/{model.pt, config.yaml}     an RQ-VAE: 16 x 16 px, ch_mult [1, 1, 2] (a shortcut conv), 1 res block (the
-                                     decoder 2), attention at 8 x 8
+                                     decoder 2), attention at 4 x 4 only (the last encoder level, the first decoder
+                                     level: a level-order mistake misplaces it)
                                      (blocks and attention interleaved), codes 4 x 4 x 3, K 64, shared codebook
   class/, text/, uncond/             RQ-Transformers on it (width 32, 4 heads, 2 + 2 layers): 10 classes; 6 text
                                      tokens of a 50-entry caption BPE (text/bpe-16k-*); one start token. class/
@@ -32,7 +33,7 @@ STAGE1 = {"type": "rq-vae", "checkpointing": False,
                       "code_shape": [4, 4, 3], "shared_codebook": True, "decay": 0.99, "restart_unused_codes": True,
                       "loss_type": "mse", "latent_loss_weight": 0.25, "use_padding_idx": False, "masked_dropout": 0.0},
           "ddconfig": {"double_z": False, "z_channels": 32, "resolution": 16, "in_channels": 3, "out_ch": 3, "ch": 32,
-                       "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [8], "dropout": 0.0}}
+                       "ch_mult": [1, 1, 2], "num_res_blocks": 1, "attn_resolutions": [4], "dropout": 0.0}}
 CONDITIONS = {"class": (10, 1), "text": (50, 6), "uncond": (1, 1)}  # vocab_size_cond, block_size_cond
 CAPTIONS = ["a red bird on a branch", "two dogs play in the snow", "a bowl of soup", "the city at night",
             "a small boat on a lake", "children read in a library"]

@@ -7,7 +7,7 @@ allow-list is needed, and a file that asks for any pickled class is refused. Out
   rqvae.pt            the RQ-VAE state dict stage2.rqvae_checkpoint reads, rqvae.pt.yaml its resolved config
   rqtransformer.pt    the consolidated checkpoint rqscale.sample and rqscale.evaluate read (with stage 2)
   tokenizer.json      the authors' caption BPE (text models; --tokenizer names their vocab and merges files)
-  config.yaml         the rqscale keys of the pair (every value the authors' configs set, spelt out), for
+  config.yaml         the rqscale keys of the pair (every model value of the authors' configs, spelt out), for
                       python -m rqscale.train OUT/config.yaml run.init_from=OUT/rqtransformer.pt
   conversion.json     what was read, which weights (EMA or raw), and every tensor dropped or filled, and why
 """
@@ -22,6 +22,7 @@ import yaml
 from rqscale.convert.errors import ConversionError
 from rqscale.convert.official_config import stage1_keys, stage2_keys
 from rqscale.convert.official_weights import check_against, stage1_state, stage2_state
+from rqscale.sampling.checkpoint import save_consolidated_state
 
 WEIGHTS = ("auto", "ema", "raw")  # auto: R's EMA weights where the file has them, else its raw state_dict
 
@@ -77,20 +78,26 @@ def _built_on_meta(builder, *args):
 
 
 def convert(stage1: str, stage2: str | None, out: str, weights: str = "auto", tokenizer: str | None = None) -> dict:
-    """Write OUT's files (module docstring) and return the conversion report."""
-    from rqscale.models import build_stage1_model, build_stage2_model
+    """Write OUT's files (module docstring) and return the conversion report. Everything is converted and checked
+    before anything is written, so a refusal leaves no partial output. `weights` picks stage 2's weights; R's
+    stage-1 trainer keeps no EMA, so stage 1 takes its EMA weights only where a file has them."""
+    from rqscale.models import build_stage1_model
 
-    os.makedirs(out, exist_ok=True)
-    state1, cfg1, used1 = read_stage(stage1, weights)
+    state1, cfg1, used1 = read_stage(stage1, "raw" if weights == "raw" else "auto")
     keys = {"stage": "stage1", "run.name": "official-stage1", **stage1_keys(cfg1)}
-    rq_cfg = build_config(keys).rqvae
-    rq = stage1_state(state1, rq_cfg)
-    rq_state = check_against(rq, _built_on_meta(build_stage1_model, rq_cfg), "RQ-VAE")
+    stage1_cfg = build_config(keys)
+    rq = stage1_state(state1, stage1_cfg.rqvae)
+    rq_state = check_against(rq, _built_on_meta(build_stage1_model, stage1_cfg.rqvae), "RQ-VAE")
     report = {"stage1": {"file": model_files(stage1)[0], "weights": used1, "tensors_read": len(state1),
                          "dropped": rq.dropped, "parameters": _count(rq_state, buffers=False)}}
-    _save_stage1(out, keys, rq_state)
-    if stage2 is not None:
-        keys = _convert_stage2(stage2, weights, tokenizer, keys, rq_state, out, report)
+    stage2_out = None if stage2 is None else _convert_stage2(stage2, weights, tokenizer, keys, rq_state, out, report)
+    os.makedirs(out, exist_ok=True)
+    _save_stage1(out, stage1_cfg, rq_state)
+    if stage2_out is not None:
+        keys, cfg, state = stage2_out
+        if cfg.stage2.model.condition == "text":
+            write_tokenizer(tokenizer, cfg.stage2.tokenizer)
+        save_consolidated_state(os.path.join(out, "rqtransformer.pt"), cfg, rq_state, state)
     with open(os.path.join(out, "config.yaml"), "w") as f:
         yaml.safe_dump(nested(keys), f, sort_keys=False)
     with open(os.path.join(out, "conversion.json"), "w") as f:
@@ -98,43 +105,39 @@ def convert(stage1: str, stage2: str | None, out: str, weights: str = "auto", to
     return report
 
 
-def _save_stage1(out: str, keys: dict, state: dict) -> None:
+def _save_stage1(out: str, cfg, state: dict) -> None:
     from rqscale.config import save_resolved
 
     path = os.path.join(out, "rqvae.pt")
     torch.save(state, path)
-    save_resolved(build_config(keys), path + ".yaml")
+    save_resolved(cfg, path + ".yaml")
 
 
-def _convert_stage2(stage2: str, weights: str, tokenizer, keys1: dict, rq_state: dict, out: str, report: dict) -> dict:
+def _convert_stage2(stage2: str, weights: str, tokenizer, keys1: dict, rq_state: dict, out: str, report: dict) -> tuple:
+    """(config keys, Config, checked state dict) of R's RQ-Transformer on the converted RQ-VAE."""
     from rqscale.models import build_stage2_model
-    from rqscale.sampling.checkpoint import save_consolidated_state
 
     state2, cfg2, used2 = read_stage(stage2, weights)
     keys = {**keys1, "stage": "stage2", "run.name": "official-stage2", **stage2_keys(cfg2, keys1),
             "stage2.rqvae_checkpoint": os.path.abspath(os.path.join(out, "rqvae.pt"))}
     keys.pop("stage1.loss.beta", None)  # a stage-1 recipe value: kept in rqvae.pt.yaml, not in the stage-2 config
     if keys["stage2.model.condition"] == "text":
-        keys["stage2.tokenizer"] = write_tokenizer(tokenizer, os.path.join(out, "tokenizer.json"))
+        keys["stage2.tokenizer"] = os.path.abspath(os.path.join(out, "tokenizer.json"))
+        check_tokenizer_files(tokenizer)  # refused before anything is written
     cfg = build_config(keys)
     r = cfg.rqvae
-    codebook = rq_state["quantizer.codebooks.0.embed"]
-    converted = stage2_state(state2, cfg.stage2.model, r.code_shape, codebook)
+    converted = stage2_state(state2, cfg.stage2.model, r.code_shape, rq_state["quantizer.codebooks.0.embed"])
     model = _built_on_meta(build_stage2_model, cfg.stage2.model, r.code_shape, r.num_codes, r.code_dim)
     state = check_against(converted, model, "RQ-Transformer")
-    save_consolidated_state(os.path.join(out, "rqtransformer.pt"), cfg, rq_state, state)
     report["stage2"] = {"file": model_files(stage2)[0], "weights": used2, "tensors_read": len(state2),
                         "source_parameters": sum(v.numel() for v in state2.values()),
                         "dropped": converted.dropped, "filled": converted.filled,
                         "parameters": _count(state, buffers=False, skip=("codebook",))}
-    return keys
+    return keys, cfg, state
 
 
-def write_tokenizer(source: str | None, path: str) -> str:
-    """R's caption tokenizer (tokenizers.CharBPETokenizer over bpe-16k-vocab.json and bpe-16k-merges.txt, lowercased,
-    [PAD] added; R rqvae/txtimg_datasets/tokenizers) saved as one tokenizers JSON file, as rqscale reads them."""
-    from tokenizers import CharBPETokenizer
-
+def check_tokenizer_files(source: str | None) -> tuple[str, str]:
+    """(vocab, merges) of R's caption BPE in `source`; refused naming --tokenizer when it is not given."""
     if source is None:
         raise ConversionError("--tokenizer", "is needed for a text-conditional model: the directory holding the authors' "
                               "bpe-16k-vocab.json and bpe-16k-merges.txt (rqvae/txtimg_datasets/tokenizers/pretrained)")
@@ -142,6 +145,15 @@ def write_tokenizer(source: str | None, path: str) -> str:
     for wanted in (vocab, merges):
         if not os.path.isfile(wanted):
             raise FileNotFoundError(f"'{wanted}' not found (the authors' caption BPE files)")
+    return vocab, merges
+
+
+def write_tokenizer(source: str | None, path: str) -> str:
+    """R's caption tokenizer (tokenizers.CharBPETokenizer over bpe-16k-vocab.json and bpe-16k-merges.txt, lowercased,
+    [PAD] added; R rqvae/txtimg_datasets/tokenizers) saved as one tokenizers JSON file, as rqscale reads them."""
+    from tokenizers import CharBPETokenizer
+
+    vocab, merges = check_tokenizer_files(source)
     bpe = CharBPETokenizer.from_file(vocab, merges, unk_token="[UNK]", lowercase=True)
     bpe.add_special_tokens(["[PAD]"])
     bpe.save(path)

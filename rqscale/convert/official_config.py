@@ -27,6 +27,16 @@ STAGE1_IGNORED = {"use_padding_idx"}  # R builds the padding row whatever it say
 STAGE2_IGNORED = {"ema", "ar_hierarchy", "use_padding_emb", "scaled_head_emb_vqvae"}
 
 
+STAGE1_ARCH = {"type", "code_hier", "hparams", "ddconfig", "checkpointing", "ema"}
+
+
+def need(section: dict, key: str, where: str):
+    """section[key], or a ConversionError naming `where.key` when the authors' config lacks it."""
+    if key not in section or section[key] is None:
+        raise ConversionError(f"{where}.{key}", "is missing from the authors' config (no default stands in for it)")
+    return section[key]
+
+
 def _require(where: str, value, wanted, why: str) -> None:
     if value != wanted:
         raise ConversionError(where, f"is {value!r}; rqscale supports only {wanted!r} ({why})")
@@ -52,25 +62,29 @@ def stage1_keys(cfg: dict) -> dict:
     """{rqscale key: value} for the `rqvae` section (and the commitment weight) of an R stage-1 config."""
     arch = cfg.get("arch") or {}
     _require("arch.type", arch.get("type"), "rq-vae", "the RQ-VAE")
-    hp, dd = arch.get("hparams") or {}, arch.get("ddconfig") or {}
+    _unknown("arch", arch, STAGE1_ARCH)
+    hp, dd = need(arch, "hparams", "arch"), need(arch, "ddconfig", "arch")
     _unknown("arch.hparams", hp, STAGE1_HPARAMS)
     _unknown("arch.ddconfig", dd, STAGE1_DDCONFIG)
+    h, d = (lambda key: need(hp, key, "arch.hparams")), (lambda key: need(dd, key, "arch.ddconfig"))  # noqa: E731
+    # Absent keys take R's defaults: Encoder(double_z=True, resamp_with_conv=True), augment_arch_defaults (loss_type
+    # 'l1', restart_unused_codes False, masked_dropout 0), RQBottleneck(decay=0.99).
     _require("arch.hparams.bottleneck_type", hp.get("bottleneck_type", "rq"), "rq", "residual quantization")
-    _require("arch.ddconfig.double_z", bool(dd.get("double_z", False)), False, "one latent, no variance")
+    _require("arch.ddconfig.double_z", bool(dd.get("double_z", True)), False, "one latent, no variance")
     _require("arch.ddconfig.resamp_with_conv", bool(dd.get("resamp_with_conv", True)), True, "convolutional resampling")
-    _require("arch.ddconfig.out_ch", dd.get("out_ch", dd["in_channels"]), dd["in_channels"], "output channels = input channels")
+    _require("arch.ddconfig.out_ch", d("out_ch"), d("in_channels"), "output channels = input channels")
     _require("arch.hparams.masked_dropout", float(hp.get("masked_dropout", 0.0)), 0.0, "no code dropout in training")
-    _require("arch.hparams.loss_type", hp.get("loss_type", "mse"), "mse", "MSE reconstruction, A.3")
-    latent, code = list(hp["latent_shape"]), list(hp["code_shape"])
+    _require("arch.hparams.loss_type", hp.get("loss_type", "l1"), "mse", "MSE reconstruction, A.3")
+    latent, code = list(h("latent_shape")), list(h("code_shape"))
     _require("arch.hparams.latent_shape", latent[:2], code[:2], "one code stack per latent position")
-    _require("arch.hparams.latent_shape", latent[2], hp["embed_dim"], "latent depth = code dimension")
-    return {"rqvae.kind": "rq", "rqvae.resolution": dd["resolution"], "rqvae.in_channels": dd["in_channels"],
-            "rqvae.ch": dd["ch"], "rqvae.ch_mult": list(dd["ch_mult"]), "rqvae.encoder_res_blocks": dd["num_res_blocks"],
-            "rqvae.decoder_res_blocks": dd["num_res_blocks"] + 1,  # R's decoder: num_res_blocks + 1 per level
-            "rqvae.attn_resolutions": list(dd["attn_resolutions"]), "rqvae.dropout": float(dd.get("dropout", 0.0)),
-            "rqvae.z_channels": dd["z_channels"], "rqvae.code_shape": code,
-            "rqvae.num_codes": _one_value("arch.hparams.n_embed", hp["n_embed"]), "rqvae.code_dim": hp["embed_dim"],
-            "rqvae.shared_codebook": bool(hp.get("shared_codebook", True)),
+    _require("arch.hparams.latent_shape", latent[2], h("embed_dim"), "latent depth = code dimension")
+    return {"rqvae.kind": "rq", "rqvae.resolution": d("resolution"), "rqvae.in_channels": d("in_channels"),
+            "rqvae.ch": d("ch"), "rqvae.ch_mult": list(d("ch_mult")), "rqvae.encoder_res_blocks": d("num_res_blocks"),
+            "rqvae.decoder_res_blocks": d("num_res_blocks") + 1,  # R's decoder: num_res_blocks + 1 per level
+            "rqvae.attn_resolutions": list(d("attn_resolutions")), "rqvae.dropout": float(dd.get("dropout", 0.0)),
+            "rqvae.z_channels": d("z_channels"), "rqvae.code_shape": code,
+            "rqvae.num_codes": _one_value("arch.hparams.n_embed", h("n_embed")), "rqvae.code_dim": h("embed_dim"),
+            "rqvae.shared_codebook": bool(h("shared_codebook")),
             "rqvae.ema_decay": float(_one_value("arch.hparams.decay", hp.get("decay", 0.99))),
             "rqvae.restart_unused": bool(hp.get("restart_unused_codes", False)),
             "stage1.loss.beta": float(hp.get("latent_loss_weight", 0.25))}
@@ -84,7 +98,7 @@ def _stack(arch: dict, name: str) -> tuple[int, dict]:
     for key, wanted, why in (("mlp_bias", True, "biased MLP"), ("attn_bias", True, "biased attention"),
                              ("gelu", "v1", "exact GELU")):
         _require(f"arch.{name}.block.{key}", block.get(key, wanted), wanted, why)
-    return stack["n_layer"], block
+    return need(stack, "n_layer", f"arch.{name}"), block
 
 
 def stage2_keys(cfg: dict, stage1: dict) -> dict:
@@ -100,13 +114,14 @@ def stage2_keys(cfg: dict, stage1: dict) -> dict:
         _require(f"arch.{key}", bool(arch.get(key, False)), True, why)  # R's defaults are False (configs.py)
     vocab = arch.get("vocab_size", (cfg.get("dataset") or {}).get("vocab_size"))
     _require("arch.vocab_size", _one_value("arch.vocab_size", vocab), stage1["rqvae.num_codes"], "the RQ-VAE's codebook size")
-    _require("arch.block_size", list(arch["block_size"]), stage1["rqvae.code_shape"], "the RQ-VAE's code shape")
+    _require("arch.block_size", list(need(arch, "block_size", "arch")), stage1["rqvae.code_shape"], "the RQ-VAE's code shape")
     _require("arch.input_embed_dim", arch.get("input_embed_dim"), stage1["rqvae.code_dim"], "the RQ-VAE's code dimension")
     spatial_layers, body = _stack(arch, "body")
     depth_layers, head = _stack(arch, "head")
     for key, default in (("n_head", None), ("attn_pdrop", 0.0), ("resid_pdrop", 0.1)):  # R AttentionBlockConfig defaults
         _require(f"arch.head.block.{key}", head.get(key, default), body.get(key, default), "one value for both stacks")
-    keys = {"stage2.model.kind": "ar", "stage2.model.embed_dim": arch["embed_dim"], "stage2.model.num_heads": body["n_head"],
+    keys = {"stage2.model.kind": "ar", "stage2.model.embed_dim": need(arch, "embed_dim", "arch"),
+            "stage2.model.num_heads": need(body, "n_head", "arch.body.block"),
             "stage2.model.spatial_layers": spatial_layers, "stage2.model.depth_layers": depth_layers,
             "stage2.model.mlp_ratio": 4,  # R attentions.py: Linear(E, 4E)
             "stage2.model.embd_dropout": float(arch.get("embd_pdrop", 0.0)),
@@ -128,18 +143,20 @@ def _condition_keys(arch: dict) -> dict:
 
 
 def _sampling_keys(sampling: dict, num_codes: int) -> dict:
-    """R's released `sampling` section (temp, top_k, top_p; None = off) as rqscale.sample's defaults."""
+    """R's released `sampling` section (temp, top_k, top_p; None = off) as rqscale.sample's defaults. A value that
+    differs per depth has no one default: it is left out (rqscale.sample's flags then set it) rather than refused."""
     keys = {}
-    if sampling.get("temp") is not None:
-        keys["stage2.sampling.temperature"] = float(_one_value("sampling.temp", sampling["temp"]))
-    top_k = _one_value("sampling.top_k", sampling.get("top_k"))
-    if top_k is not None:
-        if not 0 < int(top_k) <= num_codes:
-            raise ConversionError("sampling.top_k", f"is {top_k}, outside 1..{num_codes}")
-        keys["stage2.sampling.top_k"] = 0 if int(top_k) == num_codes else int(top_k)  # all codes: filtering off
-    top_p = _one_value("sampling.top_p", sampling.get("top_p"))
-    if top_p is not None:
-        keys["stage2.sampling.top_p"] = float(top_p)
+    for theirs, ours, kind in (("temp", "temperature", float), ("top_k", "top_k", int), ("top_p", "top_p", float)):
+        value = sampling.get(theirs)
+        if isinstance(value, (list, tuple)) and len(set(value)) != 1:
+            continue
+        if value is not None:
+            keys[f"stage2.sampling.{ours}"] = kind(_one_value(f"sampling.{theirs}", value))
+    top_k = keys.get("stage2.sampling.top_k")
+    if top_k is not None and not 0 < top_k <= num_codes:
+        raise ConversionError("sampling.top_k", f"is {top_k}, outside 1..{num_codes}")
+    if top_k == num_codes:
+        keys["stage2.sampling.top_k"] = 0  # every code: no filtering
     return keys
 
 

@@ -28,6 +28,19 @@ class Converted(NamedTuple):
     state: dict  # rqscale key -> tensor
     dropped: dict  # R key -> why it has no counterpart
     filled: dict  # rqscale key -> why it has no R source
+    sources: dict  # rqscale key -> the R key it came from (refusals name R's key)
+
+
+def _tensor(source: dict, key: str) -> torch.Tensor:
+    if key not in source:
+        raise ConversionError(key, "is missing from the authors' state dict")
+    return source[key]
+
+
+def _place(out: dict, sources: dict, target: str, tensor: torch.Tensor, origin: str) -> None:
+    if target in out:
+        raise ConversionError(origin, f"and '{sources[target]}' both map to rqscale's '{target}'")
+    out[target], sources[target] = tensor, origin
 
 
 def _has_attention(resolution: int, level: int, attn_resolutions) -> bool:
@@ -48,14 +61,14 @@ _CODEBOOK = re.compile(r"quantizer\.codebooks\.(\d+)\.(weight|embed_ema|cluster_
 
 def stage1_state(source: dict, rqvae) -> Converted:
     """R's RQ-VAE state dict -> rqscale's RQVAEConfig `rqvae` (an RQVAEConfig)."""
-    levels, out, dropped = len(rqvae.ch_mult), {}, {}
+    levels, out, dropped, sources = len(rqvae.ch_mult), {}, {}, {}
     for key, tensor in source.items():
         target = _stage1_name(key, levels, rqvae)
         if target is None:
-            _codebook(key, tensor, source, rqvae, out, dropped)
-        else:
-            out[target] = tensor
-    return Converted(out, dropped, {})
+            target, tensor = _codebook(key, tensor, source, rqvae, dropped)
+        if target is not None:
+            _place(out, sources, target, tensor, key)
+    return Converted(out, dropped, {}, sources)
 
 
 def _stage1_name(key: str, levels: int, rqvae):
@@ -76,23 +89,23 @@ def _stage1_name(key: str, levels: int, rqvae):
     return key  # conv_in, norm_out, conv_out, quant_conv, post_quant_conv: the same names
 
 
-def _codebook(key: str, tensor: torch.Tensor, source: dict, rqvae, out: dict, dropped: dict) -> None:
+def _codebook(key: str, tensor: torch.Tensor, source: dict, rqvae, dropped: dict) -> tuple:
+    """(rqscale key, tensor) of an R codebook tensor, or (None, None) for a dropped copy."""
     m = _CODEBOOK.fullmatch(key)
     if m is None:
         raise ConversionError(key, "is not a tensor of the authors' RQ-VAE this converter knows")
     depth, name = int(m.group(1)), m.group(2)
     if rqvae.shared_codebook and depth > 0:
-        if not torch.equal(tensor, source[f"quantizer.codebooks.0.{name}"]):
+        if not torch.equal(tensor, _tensor(source, f"quantizer.codebooks.0.{name}")):
             raise ConversionError(key, "differs from codebook 0, but the config says the codebook is shared")
         dropped[key] = "a copy of the shared codebook (R lists one module D times)"
-        return
-    if name == "weight":
-        if tensor.shape[0] != rqvae.num_codes + 1:
-            raise ConversionError(key, f"has {tensor.shape[0]} rows; {rqvae.num_codes} codes + R's padding row expected")
-        out[f"quantizer.codebooks.{depth}.embed"] = tensor[:-1]
-        dropped[f"{key}[{rqvae.num_codes}]"] = "R's padding row, never chosen"
-    else:
-        out[f"quantizer.codebooks.{depth}.{name}"] = tensor
+        return None, None
+    if name != "weight":
+        return f"quantizer.codebooks.{depth}.{name}", tensor
+    if tensor.shape[0] != rqvae.num_codes + 1:
+        raise ConversionError(key, f"has {tensor.shape[0]} rows; {rqvae.num_codes} codes + R's padding row expected")
+    dropped[f"{key}[{rqvae.num_codes}]"] = "R's padding row, never chosen"
+    return f"quantizer.codebooks.{depth}.embed", tensor[:-1]
 
 
 _BLOCK = re.compile(r"(body|head)_transformer\.blocks\.(\d+)\.(.+)")
@@ -110,41 +123,42 @@ def stage2_state(source: dict, model_cfg, code_shape, codebook: torch.Tensor) ->
     """R's RQ-Transformer state dict -> rqscale's, for stage2.model `model_cfg`; `codebook` (K, n_z) is the
     converted RQ-VAE's (R's stage 2 embeds codes with the stage-1 codebook and stores none itself)."""
     h, w, depth = code_shape
-    out, dropped = {"codebook": codebook}, {}
+    out, dropped, sources = {"codebook": codebook}, {}, {"codebook": "the RQ-VAE's quantizer.codebooks.0.weight"}
     for key, tensor in source.items():
         if m := _BLOCK.fullmatch(key):
-            _block_tensor(key, m, source, out)
+            _block_tensor(key, m, source, out, sources)
         elif key in _RENAMES:
-            out[_RENAMES[key]] = tensor
+            _place(out, sources, _RENAMES[key], tensor, key)
         elif key not in _SPECIAL:
             raise ConversionError(key, "is not a tensor of the authors' RQ-Transformer this converter knows")
-    for key in _SPECIAL - {"input_mlp.bias"}:
-        if key not in source:
-            raise ConversionError(key, "is missing from the authors' state dict")
-    out["spatial_proj.bias"] = source["input_mlp.bias"] * depth  # R adds the bias once per depth (module docstring)
-    out["pos_depth"] = source["pos_emb_d"][0]
-    positions = source["pos_emb_hw"][0]
+    # R adds the input bias once per depth (module docstring)
+    _place(out, sources, "spatial_proj.bias", _tensor(source, "input_mlp.bias") * depth, "input_mlp.bias")
+    _place(out, sources, "pos_depth", _tensor(source, "pos_emb_d")[0], "pos_emb_d")
+    positions = _tensor(source, "pos_emb_hw")[0]
     dropped[f"pos_emb_hw[{h * w - 1}]"] = "R's last spatial position embedding, never read"
-    filled = _condition(model_cfg, source, positions[: h * w - 1], out)
-    return Converted(out, dropped, filled)
+    filled = _condition(model_cfg, source, positions[: h * w - 1], out, sources)
+    return Converted(out, dropped, filled, sources)
 
 
-def _block_tensor(key: str, m, source: dict, out: dict) -> None:
+def _block_tensor(key: str, m, source: dict, out: dict, sources: dict) -> None:
     stack, index, rest = _STACK[m.group(1)], m.group(2), m.group(3)
     prefix = f"{stack}.blocks.{index}."
     if q := re.fullmatch(r"attn\.(query|key|value)\.(weight|bias)", rest):
         if q.group(1) == "query":  # fused once, from the three
             base = key[: -len(rest)] + "attn."
-            out[prefix + f"attn.qkv.{q.group(2)}"] = torch.cat([source[base + f"{p}.{q.group(2)}"] for p in ("query", "key", "value")])
+            parts = [_tensor(source, base + f"{p}.{q.group(2)}") for p in ("query", "key", "value")]
+            _place(out, sources, prefix + f"attn.qkv.{q.group(2)}", torch.cat(parts), key)
         return
     if not re.fullmatch(r"(ln1|ln2|attn\.proj|mlp\.0|mlp\.2)\.(weight|bias)", rest):
         raise ConversionError(key, "is not a tensor of the authors' attention block this converter knows")
-    out[prefix + rest] = source[key]
+    _place(out, sources, prefix + rest, source[key], key)
 
 
-def _condition(model_cfg, source: dict, code_positions: torch.Tensor, out: dict) -> dict:
+def _condition(model_cfg, source: dict, code_positions: torch.Tensor, out: dict, sources: dict) -> dict:
     """The condition embeddings and the spatial position table; returns the rqscale tensors filled with zeros."""
-    cond, cond_pos, width = source["cond_emb.weight"], source["pos_emb_cond"][0], code_positions.shape[1]
+    cond, cond_pos, width = _tensor(source, "cond_emb.weight"), _tensor(source, "pos_emb_cond")[0], code_positions.shape[1]
+    sources.update({"text_emb.weight": "cond_emb.weight", "pos_text": "pos_emb_cond", "class_emb.weight": "cond_emb.weight",
+                    "start": "cond_emb.weight", "pos_spatial": "pos_emb_hw and pos_emb_cond"})
     first = torch.zeros(1, width, dtype=code_positions.dtype)
     filled = {}
     if model_cfg.condition == "text":
@@ -167,12 +181,14 @@ def check_against(converted: Converted, model: torch.nn.Module, what: str) -> di
     expected = model.state_dict()
     extra = sorted(set(converted.state) - set(expected))
     if extra:
-        raise ConversionError(extra[0], f"(converted) has no place in rqscale's {what}")
+        name = converted.sources.get(extra[0], extra[0])
+        raise ConversionError(name, f"is not a tensor of the authors' {what} this converter knows (it would be "
+                              f"rqscale's '{extra[0]}', which {what} has not)")
     missing = sorted(set(expected) - set(converted.state))
     if missing:
         raise ConversionError(missing[0], f"of rqscale's {what} gets no tensor from the authors' file")
     for key, tensor in converted.state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise ConversionError(key, f"has shape {tuple(tensor.shape)} from the authors' file; rqscale's {what} "
-                                  f"built from the converted config wants {tuple(expected[key].shape)}")
+            raise ConversionError(converted.sources.get(key, key), f"gives shape {tuple(tensor.shape)} for rqscale's "
+                                  f"'{key}'; the {what} its config describes wants {tuple(expected[key].shape)}")
     return {k: v.float() if v.is_floating_point() else v for k, v in converted.state.items()}

@@ -68,11 +68,20 @@ def load_init_transformer(model: nn.Module, path: str, key: str = "run.init_from
     from rqscale.config import ConfigError
     from rqscale.sampling.checkpoint import read_state
 
-    state = read_state(path, map_location="cpu")["rqtransformer"]  # an s3:// file: this node's cached copy
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Memory-mapped (every rank reads the file; a 3.9B model is 16 GB), an s3:// file from this node's cached copy.
+    state = dict(read_state(path, map_location="cpu", mmap=True)["rqtransformer"])
+    codebook = state.pop("codebook", None)  # the codes' embeddings: must be those of stage2.rqvae_checkpoint
+    if codebook is not None and not torch.equal(codebook, model.codebook):
+        raise ConfigError(key, f"'{path}' was trained on another RQ-VAE's codebook than stage2.rqvae_checkpoint's",
+                          "point stage2.rqvae_checkpoint at the RQ-VAE that checkpoint was trained on")
+    fix = "use a checkpoint of the same stage2.model.* and rqvae.* settings (its config.yaml has them)"
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # a shape mismatch
+        raise ConfigError(key, f"'{path}' does not fit this model: {str(exc).splitlines()[-1].strip()}", fix) from None
+    missing = [k for k in missing if k != "codebook"]
     if missing or unexpected:
-        raise ConfigError(key, f"'{path}' does not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})",
-                          "use a checkpoint of the same stage2.model.* and rqvae.* settings (its config.yaml has them)")
+        raise ConfigError(key, f"'{path}' does not match this model (missing {missing[:3]}, unexpected {unexpected[:3]})", fix)
 
 
 @torch.no_grad()

@@ -85,8 +85,11 @@ def test_ema_weights_are_the_default_and_raw_ones_a_flag(converted, expected, tm
     with torch.no_grad():
         raw = model(expected["teacher_codes"], condition("class", expected)).logits
     assert close(raw, expected["class_raw/logits"]) and not close(raw, expected["class/logits"])
-    with pytest.raises(ConversionError, match="state_dict_ema.*--weights raw"):  # the RQ-VAE file has no EMA
-        convert(f"{FIXTURES}/stage1", None, str(tmp_path / "ema"), weights="ema")
+    # The authors' stage-1 trainer keeps no EMA: --weights ema concerns the RQ-Transformer, and one without is refused.
+    assert convert(f"{FIXTURES}/stage1", None, str(tmp_path / "s1"), weights="ema")["stage1"]["weights"] == "state_dict"
+    with pytest.raises(ConversionError, match="state_dict_ema.*--weights raw"):
+        convert(f"{FIXTURES}/stage1", f"{FIXTURES}/uncond", str(tmp_path / "ema"), weights="ema")
+    assert not (tmp_path / "ema").exists()  # refused before anything was written
 
 
 def test_the_report_names_every_dropped_and_filled_tensor(converted):
@@ -141,12 +144,44 @@ def test_an_unknown_tensor_is_refused_naming_it(tmp_path):
         convert(f"{FIXTURES}/stage1", str(directory), str(tmp_path / "out"))
 
 
-def test_a_shape_that_does_not_fit_the_config_is_refused_naming_the_key(tmp_path):
-    directory, config, _ = stage_copy(tmp_path, "class")
+def test_a_shape_that_does_not_fit_the_config_is_refused_naming_the_authors_key(tmp_path):
+    directory, config, model = stage_copy(tmp_path, "class")
     config["arch"]["embed_dim"] = 64  # the file's tensors are 32 wide
     rewrite(directory, config=config)
-    with pytest.raises(ConversionError, match="shape"):
+    with pytest.raises(ConversionError, match="shape") as err:
         convert(f"{FIXTURES}/stage1", str(directory), str(tmp_path / "out"))
+    assert err.value.key in model["state_dict"]
+
+
+def test_an_unknown_rq_vae_tensor_is_refused_by_the_authors_name(tmp_path):
+    directory, _, model = stage_copy(tmp_path, "stage1")
+    model["state_dict"]["encoder.down.0.block.0.temb_proj.weight"] = torch.zeros(32, 512)
+    rewrite(directory, model=model)
+    with pytest.raises(ConversionError) as err:
+        convert(str(directory), None, str(tmp_path / "out"))
+    assert err.value.key == "encoder.down.0.block.0.temb_proj.weight"
+
+
+def test_a_missing_config_value_is_refused_naming_it(tmp_path):
+    directory, config, _ = stage_copy(tmp_path, "class")
+    del config["arch"]["embed_dim"]
+    rewrite(directory, config=config)
+    with pytest.raises(ConversionError) as err:
+        convert(f"{FIXTURES}/stage1", str(directory), str(tmp_path / "out"))
+    assert err.value.key == "arch.embed_dim"
+
+
+def test_fine_tuning_on_another_rq_vae_s_codebook_is_refused(converted):
+    from rqscale.config import ConfigError, load
+    from rqscale.models import build_stage2_model
+    from rqscale.train.stage2 import load_init_transformer
+
+    target = converted["class"][0]
+    cfg = load(str(target / "config.yaml"))
+    r = cfg.rqvae
+    model = build_stage2_model(cfg.stage2.model, r.code_shape, r.num_codes, r.code_dim)  # its codebook: zeros
+    with pytest.raises(ConfigError, match="codebook"):
+        load_init_transformer(model, str(target / "rqtransformer.pt"))
 
 
 @pytest.mark.parametrize("path, value, named", [
