@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Callable
 
 import torch
@@ -100,7 +101,9 @@ def official_trainer(cfg: Config, path: str) -> tuple:
 
     def step(batch: dict, i: int):
         codes = batch["codes"]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
+            # their forward enters torch.cuda.amp.autocast(enabled=False): a FutureWarning, not ours to print
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"rqvae\.")
             logits = model(codes, aux, cond=batch["cond"])
         loss = nn.functional.cross_entropy(logits.float().reshape(-1, k), codes.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -157,6 +160,17 @@ def compare(cfg: Config, rqscale: dict, models: list, path: str, batches: list, 
     return out
 
 
+def gemm_floor(c: dict, flops_per_step: float, peak: float) -> None:
+    """Add to the comparison `c` what the same-run matmul peak allows: the step's model FLOPs at that peak
+    (the time of its matrix products alone, which both sides must do), each contender's time beyond it,
+    and the ratio over the authors that a step of matrix products only would reach (the ceiling)."""
+    c["gemm_floor_s"] = flops_per_step / peak
+    for key, x in c.items():
+        if key.startswith("dropout"):
+            x["beyond_floor_s"] = {n: r["step_s"] - c["gemm_floor_s"] for n, r in x["rates"].items()}
+            x["ceiling_vs_official"] = x["rates"]["official"]["step_s"] / c["gemm_floor_s"]
+
+
 def report_lines(c: dict, labels: dict) -> list:
     """Lines for `train.report`; labels: {contender name: what it is}."""
     lines = [f"  vs the authors' RQ-Transformer ({c['dir']}; torch.autocast bf16, hard-label CE, torch AdamW):"
@@ -169,4 +183,8 @@ def report_lines(c: dict, labels: dict) -> list:
         parts = [f"{labels.get(n, n)} {r['images_per_s']:.2f} img/s" + (f" ({ratio[n]:.2f}x)" if n in ratio else "")
                  for n, r in rates.items()]
         lines.append(f"    [{key}] " + ";  ".join(parts))
+        if "beyond_floor_s" in x:
+            beyond = ", ".join(f"{labels.get(n, n)} {t * 1e3:.0f}" for n, t in x["beyond_floor_s"].items())
+            lines.append(f"      ms a step beyond the matrix products at the same-run peak ({c['gemm_floor_s'] * 1e3:.0f} ms): "
+                         f"{beyond};  a step of matrix products alone would be {x['ceiling_vs_official']:.2f}x the authors'")
     return lines

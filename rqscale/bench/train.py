@@ -252,6 +252,7 @@ def run(config: str = "configs/debug/stage2_bench.yaml", warmup: int = 2, repeat
         if official is not None:
             results["official"] = baseline.compare(cfg, steps, [plain.task.model, engines.task.model], official,
                                                    batches, warmup, repeats)
+            baseline.gemm_floor(results["official"], flops * cfg.train.micro_batch, peak16)
             results["official"]["allocator"] = current
         if cfg.stage2.model.condition == "text":
             twin = bench_config(config, workdir, text_bench.class_twin_overrides(overrides))

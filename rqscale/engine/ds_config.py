@@ -30,7 +30,10 @@ def _offload(device: str, nvme_path: str) -> dict:
 # are never partitioned; with one rank the threshold is raised above every parameter. Then ZeRO-3's
 # "memory-efficient" linear, which it patches over torch.nn.functional.linear for the whole process
 # (so that backward does not keep gathered weights alive), has nothing to save either, and it costs: it
-# adds the bias in a second pass over each output instead of inside the GEMM.
+# adds the bias in a second pass over each output instead of inside the GEMM. And its reduce-scatter
+# path concatenates every gradient bucket into a fresh buffer before "scattering" it to the one rank;
+# with reduce_scatter off, the bucket it already copies the gradients into is averaged in place (an
+# all-reduce over one rank). Interleaved in one process, that took the bench step 2.16 -> 2.12 s.
 ALL_PARAMETERS_PERSIST = 1 << 62
 
 
@@ -47,6 +50,7 @@ def zero_section(cfg: Config, world_size: int) -> dict:
         if world_size == 1 and e.offload_params == "none":
             section["stage3_param_persistence_threshold"] = ALL_PARAMETERS_PERSIST
             section["memory_efficient_linear"] = False
+            section["reduce_scatter"] = False
     return section
 
 

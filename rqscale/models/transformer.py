@@ -90,11 +90,45 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     return (x * keep).mul_(scale)  # the scale in fp32 arithmetic: a bf16 mask value 1/(1-p) would bias it
 
 
+class _DropoutAdd(torch.autograd.Function):
+    """residual + keep * x * scale in one pass, forward and backward (CPU; see `dropout_add`)."""
+
+    @staticmethod
+    def forward(ctx, residual: torch.Tensor, x: torch.Tensor, p: float) -> torch.Tensor:
+        keep, scale = keep_mask(x.shape, p, x.dtype, x.device)
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.addcmul(residual, x, keep, value=scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        # addcmul's own gradient would multiply by keep * scale rounded to the mask's dtype (bf16: 1/0.9
+        # -> 1.109, a 0.16% bias); a broadcast zero keeps one pass with the scale in fp32 arithmetic.
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device).expand_as(grad)
+        return grad, torch.addcmul(zero, grad, keep, value=ctx.scale), None
+
+
+def dropout_add(residual: torch.Tensor, x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """residual + dropout(x, p, training): the residual branch of a block.
+
+    On CPU the mask's product, its scale and the sum are one pass (addcmul, rounded once) instead of
+    three, and so is the backward; the stage-2 bench model adds ~42M dropped elements a step this way
+    (Dec 2026). Off CPU, or without dropout, it is the plain sum."""
+    if training and 0.0 < p < 1.0 and x.device.type == "cpu" and residual.dtype == x.dtype:
+        return _DropoutAdd.apply(residual, x, p)
+    return residual + dropout(x, p, training)
+
+
 class Dropout(nn.Dropout):
     """nn.Dropout through `dropout` above (same state dict, repr and isinstance as nn.Dropout)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return dropout(x, self.p, self.training)
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """residual + self(x), fused on CPU (`dropout_add`)."""
+        return dropout_add(residual, x, self.p, self.training)
 
 
 def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, causal: bool = True,
@@ -103,21 +137,22 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p
     dropout): softmax(q k^T / sqrt(head_dim) + mask), dropout, times v. The mask hides the pairs where
     `attend` ((L, L), or (B, 1, L, L) per row) is False, else the future when `causal`, else nothing.
 
-    The two products run in the inputs' dtype (bf16 under A.3's mixed precision), and the scores' scale,
-    mask and softmax in fp32, rounded once to the input dtype for the dropout and the product with v:
-    the arithmetic of the authors' attention under torch.autocast, whose bmm rounds the scores to bf16.
-    SDPA's own math path (and the GPU kernels) keep the scores in fp32 instead: against exact attention
-    of the same bf16 inputs its error was ~2x smaller at unit-scale scores and up to ~5x on sharp ones.
-    On 2 CPU cores, forward + backward of the bench model's depth attention (2048 x 8 heads x 4
-    positions) took 35 ms this way against 54 ms upcast to fp32 (Dec 2026)."""
+    Everything stays in the inputs' dtype (bf16 under A.3's mixed precision): the two products, the scores'
+    scale and mask, and the softmax, which accumulates in fp32 inside the kernel and rounds once: the
+    arithmetic of the authors' attention under torch.autocast, whose bmm rounds the scores to bf16 and
+    whose fp32 softmax is rounded to bf16 for the product with v (the scale is a power of two at head_dim
+    64, so exact). SDPA's own math path (and the GPU kernels) keep the scores in fp32 instead: against
+    exact attention of the same bf16 inputs its error was ~2x smaller at unit-scale scores and up to ~5x
+    on sharp ones. On 2 CPU cores, forward + backward took 10.8 ms for the bench model's spatial attention
+    (32 x 8 heads x 64 positions, dropout 0.1) against 12.7 ms with the scores upcast to fp32 for the
+    softmax, and 19.8 against 22.0 ms for its depth attention (2048 x 8 x 4) (Dec 2026)."""
     length = q.shape[-2]
-    scores = torch.matmul(q, k.transpose(-2, -1)).float().mul_(q.shape[-1] ** -0.5)
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(q.shape[-1] ** -0.5)
     if attend is not None:
         scores.masked_fill_(~attend, float("-inf"))
     elif causal:
         scores.masked_fill_(torch.ones(length, length, dtype=torch.bool, device=q.device).triu_(1), float("-inf"))
-    weights = scores.softmax(dim=-1).to(q.dtype)
-    return torch.matmul(dropout(weights, dropout_p), v)
+    return torch.matmul(dropout(scores.softmax(dim=-1), dropout_p), v)
 
 
 class CausalSelfAttention(nn.Module):
@@ -135,11 +170,12 @@ class CausalSelfAttention(nn.Module):
         self.resid_drop = Dropout(resid_dropout)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0,
-                attend: Optional[torch.Tensor] = None) -> torch.Tensor:
+                attend: Optional[torch.Tensor] = None, residual: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The attention branch's output, dropped out; added to `residual` when one is given (fused on CPU)."""
         b, t, c = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        y = self._attend(q, k, v, cache, layer, attend)
-        return self.resid_drop(self.proj(y.transpose(1, 2).reshape(b, t, c)))
+        y = self.proj(self._attend(q, k, v, cache, layer, attend).transpose(1, 2).reshape(b, t, c))
+        return self.resid_drop(y) if residual is None else self.resid_drop.add_to(residual, y)
 
     def _attend(self, q, k, v, cache: Optional[KVCache], layer: int, attend: Optional[torch.Tensor]) -> torch.Tensor:
         if cache is not None and not self.causal:
@@ -175,8 +211,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0,
                 attend: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x), cache, layer, attend)
-        return x + self.mlp(self.ln2(x))
+        x = self.attn(self.ln1(x), cache, layer, attend, residual=x)
+        fc, act, out, drop = self.mlp  # mlp(h) is drop(out(act(fc(h)))); the dropout is fused with the sum
+        return drop.add_to(x, out(act(fc(self.ln2(x)))))
 
 
 class CausalTransformer(nn.Module):

@@ -141,3 +141,17 @@ def test_dropout_settings_and_set_dropout_reach_every_dropout():
     attn = [m.attn_dropout for m in model.modules() if hasattr(m, "attn_dropout")]
     assert drops and attn and set(drops) == {0.25} and set(attn) == {0.25}
     assert baseline.official_config(cfg)["head"]["n_layer"] == cfg.stage2.model.depth_layers
+
+
+def test_gemm_floor_gives_each_contenders_time_beyond_the_matrix_products_and_the_ceiling():
+    rates = lambda plain, official: {n: {"step_s": s, "images_per_s": 32 / s} for n, s in (("plain", plain), ("official", official))}  # noqa: E731
+    c = {"dir": "/x", "params": {"rqscale": 1e6, "official": 1e6},
+         "dropout 0.1": {"rates": rates(2.0, 2.4), "vs_official": {"plain": 1.2}},
+         "dropout 0": {"rates": rates(1.9, 2.0), "vs_official": {"plain": 2.0 / 1.9}}}
+    baseline.gemm_floor(c, flops_per_step=600e9, peak=400e9)  # 1.5 s of matrix products
+    assert c["gemm_floor_s"] == pytest.approx(1.5)
+    assert c["dropout 0.1"]["beyond_floor_s"] == pytest.approx({"plain": 0.5, "official": 0.9})
+    assert c["dropout 0.1"]["ceiling_vs_official"] == pytest.approx(1.6)
+    assert c["dropout 0"]["ceiling_vs_official"] == pytest.approx(2.0 / 1.5)
+    text = "\n".join(baseline.report_lines(c, {"plain": "plain", "official": "authors"}))
+    assert "1500 ms" in text and "plain 500, authors 900" in text and "1.60x the authors'" in text

@@ -16,7 +16,8 @@ def test_one_rank_zero3_keeps_every_parameter_resident():
     assert one["stage"] == two["stage"] == 3  # stage 2's default
     assert one[PERSIST] == ALL_PARAMETERS_PERSIST > 3.9e9  # above any parameter, 3.8B model included
     assert one["memory_efficient_linear"] is False  # nothing gathered, so torch's own F.linear
-    assert PERSIST not in two and "memory_efficient_linear" not in two  # several ranks: DeepSpeed's defaults
+    assert one["reduce_scatter"] is False  # average the one rank's gradient bucket in place, no concatenated copy
+    assert PERSIST not in two and "memory_efficient_linear" not in two and "reduce_scatter" not in two  # several ranks: DeepSpeed's defaults
     offloaded = _zero(["engine.offload_params=cpu"], 1)
     assert PERSIST not in offloaded and offloaded["offload_param"]["device"] == "cpu"  # offload needs the partitions
     assert PERSIST not in _zero(["engine.zero_stage=1"], 1)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from rqscale.models.transformer import Dropout, _math_attention, dropout, keep_mask
+from rqscale.models.transformer import Block, Dropout, _math_attention, dropout, dropout_add, keep_mask
 from rqscale.quantizer.residual import sample_categorical
 from rqscale.tasks import soft_cross_entropy
 import rqscale.tasks.stage2 as stage2
@@ -84,6 +84,49 @@ def test_dropout_is_f_dropout_arithmetic_with_its_own_mask():
     first = dropout(x, 0.3)
     torch.manual_seed(3)
     assert torch.equal(first, dropout(x, 0.3))  # from the global generator: seeding reproduces it
+
+
+def test_dropout_add_is_the_residual_plus_dropout_rounded_once_forward_and_backward():
+    torch.manual_seed(0)
+    residual, x = torch.randn(64, 300), torch.randn(64, 300)
+    torch.manual_seed(5)
+    expected = residual + dropout(x, 0.1)
+    torch.manual_seed(5)
+    assert torch.equal(dropout_add(residual, x, 0.1), expected)  # fp32: the same mask and the same arithmetic
+    r16, x16 = (t.to(torch.bfloat16).requires_grad_() for t in (residual, x))
+    g16 = torch.randn(64, 300).to(torch.bfloat16)
+    torch.manual_seed(5)
+    keep, scale = keep_mask(x16.shape, 0.1, torch.bfloat16, x16.device)  # the draw dropout_add makes
+    torch.manual_seed(5)
+    out = dropout_add(r16, x16, 0.1)
+    exact = r16.detach().float() + x16.detach().float() * keep.float() * scale
+    assert out.dtype == torch.bfloat16 and torch.equal(out, exact.to(torch.bfloat16))  # one rounding
+    grad_r, grad_x = torch.autograd.grad(out, (r16, x16), g16)
+    assert torch.equal(grad_r, g16)
+    assert torch.equal(grad_x, (g16.float() * keep.float() * scale).to(torch.bfloat16))
+    biased = g16 * (keep * scale)  # what addcmul's own gradient computes: keep * scale rounded to bf16 first
+    assert float((biased.float().abs() - grad_x.float().abs()).sum() / grad_x.float().abs().sum()) < -1e-3
+    assert torch.equal(dropout_add(residual, x, 0.1, training=False), residual + x)
+    try:
+        dropout_add(residual, x, 1.5)
+        raise AssertionError("p=1.5 must be refused")
+    except ValueError as e:
+        assert "between 0 and 1" in str(e)
+
+
+def test_block_with_fused_residual_dropout_draws_the_masks_of_the_unfused_block():
+    torch.manual_seed(0)
+    block = Block(64, 4, 4, attn_dropout=0.1, resid_dropout=0.1).train()
+    x = torch.randn(3, 10, 64)
+
+    def unfused(x):
+        x = x + block.attn(block.ln1(x))
+        return x + block.mlp(block.ln2(x))
+
+    torch.manual_seed(9)
+    expected = unfused(x)
+    torch.manual_seed(9)
+    assert torch.allclose(block(x), expected, atol=1e-6)  # same draws in the same order; fp32 sums
 
 
 def test_keep_mask_rate_scale_and_every_lane_of_a_draw():
