@@ -96,14 +96,14 @@ def official_trainer(cfg: Config, path: str) -> tuple:
             return codebook[code], None
 
     aux, k = Aux(), cfg.rqvae.num_codes
+    # their forward enters torch.cuda.amp.autocast(enabled=False) each step: a FutureWarning, not ours to print
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"rqvae\.")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-4)
     model.train()
 
     def step(batch: dict, i: int):
         codes = batch["codes"]
-        with torch.autocast("cpu", dtype=torch.bfloat16), warnings.catch_warnings():
-            # their forward enters torch.cuda.amp.autocast(enabled=False): a FutureWarning, not ours to print
-            warnings.filterwarnings("ignore", category=FutureWarning, module=r"rqvae\.")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = model(codes, aux, cond=batch["cond"])
         loss = nn.functional.cross_entropy(logits.float().reshape(-1, k), codes.reshape(-1))
         opt.zero_grad(set_to_none=True)

@@ -98,11 +98,13 @@ class _DropoutAdd(torch.autograd.Function):
         keep, scale = keep_mask(x.shape, p, x.dtype, x.device)
         ctx.save_for_backward(keep)
         ctx.scale = scale
-        return torch.addcmul(residual, x, keep, value=scale)
+        return torch.addcmul(residual, x, keep, value=scale)  # a broadcast residual is summed back by autograd
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return grad, None, None
         # addcmul's own gradient would multiply by keep * scale rounded to the mask's dtype (bf16: 1/0.9
         # -> 1.109, a 0.16% bias); a broadcast zero keeps one pass with the scale in fp32 arithmetic.
         zero = torch.zeros((), dtype=grad.dtype, device=grad.device).expand_as(grad)
@@ -113,8 +115,9 @@ def dropout_add(residual: torch.Tensor, x: torch.Tensor, p: float, training: boo
     """residual + dropout(x, p, training): the residual branch of a block.
 
     On CPU the mask's product, its scale and the sum are one pass (addcmul, rounded once) instead of
-    three, and so is the backward; the stage-2 bench model adds ~42M dropped elements a step this way
-    (Dec 2026). Off CPU, or without dropout, it is the plain sum."""
+    three, and so is the backward; the stage-2 bench model's residual branches add ~34M elements a step
+    (Dec 2026). Off CPU, without dropout, or where the two dtypes differ (an fp32 residual stream under
+    autocast), it is the unfused sum."""
     if training and 0.0 < p < 1.0 and x.device.type == "cpu" and residual.dtype == x.dtype:
         return _DropoutAdd.apply(residual, x, p)
     return residual + dropout(x, p, training)
@@ -138,10 +141,11 @@ def _math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p
     `attend` ((L, L), or (B, 1, L, L) per row) is False, else the future when `causal`, else nothing.
 
     Everything stays in the inputs' dtype (bf16 under A.3's mixed precision): the two products, the scores'
-    scale and mask, and the softmax, which accumulates in fp32 inside the kernel and rounds once: the
-    arithmetic of the authors' attention under torch.autocast, whose bmm rounds the scores to bf16 and
-    whose fp32 softmax is rounded to bf16 for the product with v (the scale is a power of two at head_dim
-    64, so exact). SDPA's own math path (and the GPU kernels) keep the scores in fp32 instead: against
+    scale and mask, and the softmax, which accumulates in fp32 inside the kernel and rounds once; its
+    backward reads that rounded output. This is the arithmetic of the authors' attention under
+    torch.autocast (CPU autocast leaves their softmax in bf16), forward and backward, but for where the
+    scale is rounded: they scale k before the product, here the scores after it (exact where head_dim is
+    a power of 4, e.g. 16 and 64; one more bf16 rounding otherwise, as theirs). SDPA's own math path (and the GPU kernels) keep the scores in fp32 instead: against
     exact attention of the same bf16 inputs its error was ~2x smaller at unit-scale scores and up to ~5x
     on sharp ones. On 2 CPU cores, forward + backward took 10.8 ms for the bench model's spatial attention
     (32 x 8 heads x 64 positions, dropout 0.1) against 12.7 ms with the scores upcast to fp32 for the
@@ -205,15 +209,13 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
         self.attn = CausalSelfAttention(dim, heads, attn_dropout, resid_dropout, causal)
         self.ln2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(
-            nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim), Dropout(resid_dropout)
-        )
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(), nn.Linear(mlp_ratio * dim, dim))
+        self.mlp_drop = Dropout(resid_dropout)  # apart from mlp: fused with the residual sum (no parameters)
 
     def forward(self, x: torch.Tensor, cache: Optional[KVCache] = None, layer: int = 0,
                 attend: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.attn(self.ln1(x), cache, layer, attend, residual=x)
-        fc, act, out, drop = self.mlp  # mlp(h) is drop(out(act(fc(h)))); the dropout is fused with the sum
-        return drop.add_to(x, out(act(fc(self.ln2(x)))))
+        return self.mlp_drop.add_to(x, self.mlp(self.ln2(x)))
 
 
 class CausalTransformer(nn.Module):

@@ -107,6 +107,12 @@ def test_dropout_add_is_the_residual_plus_dropout_rounded_once_forward_and_backw
     biased = g16 * (keep * scale)  # what addcmul's own gradient computes: keep * scale rounded to bf16 first
     assert float((biased.float().abs() - grad_x.float().abs()).sum() / grad_x.float().abs().sum()) < -1e-3
     assert torch.equal(dropout_add(residual, x, 0.1, training=False), residual + x)
+    row = residual[:1].clone().requires_grad_()  # a broadcast residual: its gradient is summed back to its shape
+    xb = x.clone().requires_grad_()
+    torch.manual_seed(5)
+    grad_row, grad_xb = torch.autograd.grad(dropout_add(row, xb, 0.1).sum(), (row, xb))
+    assert grad_row.shape == row.shape and torch.equal(grad_row, torch.full_like(row, 64.0))
+    assert torch.allclose(grad_xb, keep.float() * scale)
     try:
         dropout_add(residual, x, 1.5)
         raise AssertionError("p=1.5 must be refused")
@@ -121,7 +127,7 @@ def test_block_with_fused_residual_dropout_draws_the_masks_of_the_unfused_block(
 
     def unfused(x):
         x = x + block.attn(block.ln1(x))
-        return x + block.mlp(block.ln2(x))
+        return x + block.mlp_drop(block.mlp(block.ln2(x)))
 
     torch.manual_seed(9)
     expected = unfused(x)
@@ -159,24 +165,37 @@ def _autocast_attention(q, k, v):
         return torch.matmul(F.softmax(scores, dim=-1), v)
 
 
+def _attention_grads(fn, q, k, v, grad):
+    leaves = [t.detach().requires_grad_() for t in (q, k, v)]
+    out = fn(*leaves)
+    return out, torch.autograd.grad(out, leaves, grad.to(out.dtype))
+
+
 def test_math_attention_in_bf16_is_as_accurate_as_the_authors_autocast_attention():
-    """bf16 inputs: scores rounded to bf16 by the product, softmax in fp32. Against exact attention of the
-    same bf16 inputs (float64) its error is that of the authors' attention under autocast, and within a
-    few times that of SDPA's math path, which keeps fp32 scores (the price of bf16 products)."""
+    """bf16 inputs: scores rounded to bf16 by the product and by the scale (exact at head_dim 16 and 64,
+    not at 32), softmax accumulated in fp32 and rounded to bf16. Against exact attention of the same bf16
+    inputs (float64) its error, forward and backward, is that of the authors' attention under autocast,
+    and within a few times that of SDPA's math path, which keeps fp32 scores (the price of bf16 products)."""
     torch.manual_seed(0)
-    for sharpness in (1.0, 4.0):  # unit-scale scores, and sharp attention
-        q, k, v = torch.randn(3, 2, 4, 9, 16)
-        q, k, v = (t.to(torch.bfloat16) for t in (q * sharpness, k * sharpness, v))
-        exact = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
-        with sdpa_kernel(SDPBackend.MATH):
-            sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        ours = _math_attention(q, k, v, 0.0)
-        assert ours.dtype == torch.bfloat16
-        err = {name: (t.double() - exact).abs() for name, t in (("ours", ours), ("autocast", _autocast_attention(q, k, v)),
-                                                                ("sdpa", sdpa))}
-        assert err["ours"].max() <= 1.05 * err["autocast"].max() + 1e-4, sharpness
-        assert err["ours"].mean() <= 1.05 * err["autocast"].mean() + 1e-5, sharpness
-        assert err["ours"].mean() <= 3.0 * err["sdpa"].mean(), sharpness
+    exact_fn = lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)  # noqa: E731
+    for head_dim in (16, 32):
+        for sharpness in (1.0, 4.0):  # unit-scale scores, and sharp attention
+            q, k, v = torch.randn(3, 2, 4, 9, head_dim)
+            q, k, v = (t.to(torch.bfloat16) for t in (q * sharpness, k * sharpness, v))
+            grad = torch.randn(2, 4, 9, head_dim)
+            exact, exact_grads = _attention_grads(exact_fn, q.double(), k.double(), v.double(), grad)
+            with sdpa_kernel(SDPBackend.MATH):
+                sdpa = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            ours, our_grads = _attention_grads(lambda *t: _math_attention(*t, 0.0), q, k, v, grad)
+            theirs, their_grads = _attention_grads(_autocast_attention, q, k, v, grad)
+            assert ours.dtype == torch.bfloat16
+            err = {name: (t.double() - exact).abs() for name, t in (("ours", ours), ("autocast", theirs), ("sdpa", sdpa))}
+            case = (head_dim, sharpness)
+            assert err["ours"].max() <= 1.05 * err["autocast"].max() + 1e-4, case
+            assert err["ours"].mean() <= 1.05 * err["autocast"].mean() + 1e-5, case
+            assert err["ours"].mean() <= 3.0 * err["sdpa"].mean(), case
+            for ours_g, theirs_g, exact_g in zip(our_grads, their_grads, exact_grads):  # the backward: q, k, v
+                assert (ours_g.double() - exact_g).abs().mean() <= 1.5 * (theirs_g.double() - exact_g).abs().mean() + 1e-5, case
 
 
 def test_math_attention_dropout_keeps_causality_and_expectation():
