@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The one-GPU proof (DESIGN.md): on one CUDA GPU, from a bare machine with this repo, in at most 8 minutes.
 #   bash scripts/gpu_smoke.sh [--wheels DIR] [--out DIR] [driver options, see python -m rqscale.bench.gpu_smoke -h]
+#   bash scripts/gpu_smoke.sh [--wheels DIR] --vs-official DIR   (steps 1-2, then the stage-2 step against the
+#        authors' code in DIR on this GPU instead of the driver: python -m rqscale.bench train --device cuda
+#        --official DIR; DIR prepared as rqscale/bench/official.py says, e.g. the checkout's ignored .official/)
 # 1. Refuses at once, before installing anything, where there is no CUDA GPU (exit 2).
 # 2. Install: uses the machine's own torch; wheels from --wheels DIR (or $RQSCALE_WHEELS) go into
 #    <out>/site with pip --no-index --no-deps (no network needed); the repo itself goes on PYTHONPATH.
@@ -8,7 +11,8 @@
 #    machine with PyPI by scripts/gpu_smoke_wheels.sh (-> .whl/).
 # 3. Runs rqscale.bench.gpu_smoke (SDPA kernel, 480M stage-2 training through `python -m rqscale.train`
 #    with ZeRO-3 + bf16 + activation checkpointing, planner vs measured memory, sampling speed, stage-1
-#    steps) and prints its ONE JSON line last; exit 0 only if every part passed.
+#    steps) and prints its ONE JSON line last; exit 0 only if every part passed. With --vs-official, the
+#    training benchmark's report instead (its JSON line last too), within the same budget.
 # Python: $RQSCALE_PYTHON, else .venv/bin/python when present, else python3 (the device machine's, with torch).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +20,13 @@ budget_s=480  # the issue's 8 minutes, install included
 wheels=${RQSCALE_WHEELS:-}
 out=/tmp/rqscale-gpu-smoke
 driver_args=()
+official=
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheels) wheels=${2:?--wheels needs a folder}; shift 2 ;;
     --out) out=${2:?--out needs a folder}; shift 2 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    --vs-official) official=${2:?--vs-official needs the folder holding the authors\' rqvae/}; shift 2 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) driver_args+=("$1"); shift ;;
   esac
 done
@@ -56,8 +62,16 @@ missing=$(timeout 180 "$py" -m rqscale.bench.gpu_smoke --check-deps 2>"$out/chec
 grep -h "version warnings" "$out/check-deps.log" >&2
 [ "$missing" = ok ] || code=3 fail "missing Python packages: ${missing:-(the check itself failed: $(tail -n 1 "$out/check-deps.log"))}. Make wheels on a machine with PyPI (bash scripts/gpu_smoke_wheels.sh -> .whl) and rerun with --wheels .whl (or RQSCALE_WHEELS=.whl)"
 
-# 3. The driver: its JSON line is the last thing printed; its progress and the logs' paths go to stderr.
 left=$((budget_s - SECONDS))
+if [ -n "$official" ]; then  # the stage-2 step against the authors' on this GPU (issue 12), not the driver
+  timeout $((left - 5)) "$py" -m rqscale.bench train --device cuda --official "$official" --warmup 5 --repeats 20 \
+    --allocators default 2>"$out/bench-train.log"
+  rc=$?
+  [ "$rc" -eq 0 ] || fail "the training benchmark failed (exit $rc): $(tail -n 1 "$out/bench-train.log"); log: $out/bench-train.log"
+  exit 0
+fi
+
+# 3. The driver: its JSON line is the last thing printed; its progress and the logs' paths go to stderr.
 json=$(timeout $((left - 5)) "$py" -m rqscale.bench.gpu_smoke --out "$out" --deadline-s $((left - 25)) "${driver_args[@]}")
 rc=$?
 [ "$rc" -eq 124 ] && fail "the driver ran past the ${budget_s} s budget and was stopped; partial logs under $out"

@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     t.add_argument("--recovery", action="store_true", help="also measure recovery from a killed Ray worker (~2 min)")
     t.add_argument("--official", metavar="DIR", default=None,
                    help="also time the authors' RQ-Transformer from DIR (its rqvae/ folder) in the same run")
+    t.add_argument("--device", default="auto", help="auto (the GPU where PyTorch sees one, else the CPU), cpu or cuda")
     t.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = parser.parse_args(argv)
     if args.name == "quantizer":
@@ -63,12 +64,17 @@ def main(argv=None) -> int:
         if load(args.config, check_files=False).stage2.model.kind == "dq":  # DQ- vs RQ-Transformer tokens/s
             from rqscale.bench import dq_train
 
+            if args.device not in ("auto", "cpu"):
+                print(f"python -m rqscale.bench train: a dq config times the plain step on the CPU only; drop --device {args.device}",
+                      file=sys.stderr)
+                return 2
+
             print(dq_train.report(dq_train.run(args.config, repeats=args.repeats, warmup=args.warmup)))
             return 0
         try:
             result = train.run(args.config, args.warmup, args.repeats, args.overrides, args.allocators.split(","),
-                               not args.no_autocast, args.official)
-        except train.baseline.BaselineError as e:
+                               not args.no_autocast, args.official, args.device)
+        except (train.baseline.BaselineError, train.DeviceError) as e:
             print(f"python -m rqscale.bench train: {e}", file=sys.stderr)
             return 2
         recovery_s = args.recovery_s

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from rqscale.utils.timing import time_fn
+from rqscale.utils.timing import synchronize, time_fn
 
 
 def machine() -> dict:
@@ -41,9 +41,10 @@ def matmul_flops(m: int, k: int, n: int, dtype: torch.dtype, device: torch.devic
     return 2.0 * m * k * n / seconds
 
 
-def interleaved(steps: dict, batches: dict, warmup: int, repeats: int) -> dict:
+def interleaved(steps: dict, batches: dict, warmup: int, repeats: int, device: torch.device = torch.device("cpu")) -> dict:
     """Seconds of `repeats` steps of each contender, timed in turns (one step of each per round, the
-    starting contender rotating), after `warmup` untimed rounds. steps/batches: {name: fn / list}."""
+    starting contender rotating), after `warmup` untimed rounds. steps/batches: {name: fn / list}.
+    On a GPU each timed step ends when its queued kernels have finished (`synchronize`)."""
     names = list(steps)
     for i in range(warmup):
         for name in names:
@@ -52,8 +53,10 @@ def interleaved(steps: dict, batches: dict, warmup: int, repeats: int) -> dict:
     for r in range(repeats):
         i = warmup + r
         for name in names[r % len(names):] + names[: r % len(names)]:
+            synchronize(device)
             start = time.perf_counter()
             steps[name](batches[name][i % len(batches[name])], i)
+            synchronize(device)
             times[name].append(time.perf_counter() - start)
     return times
 

@@ -15,20 +15,16 @@ from rqscale.models import build_stage2_model
 from rqscale.sampling import SamplingParams
 from rqscale.sampling.dq_sampler import sample_dq
 from rqscale.utils.memory import retain_freed_memory
+from rqscale.utils.timing import synchronize
 
 
 def _timed(model, batch: int, cond, use_cache: bool, device: torch.device) -> tuple[float, torch.Tensor]:
     """(seconds, the sampled Sequences) of one call at a fixed seed."""
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     _, seq = sample_dq(model, batch, cond, SamplingParams(), torch.Generator(device=device).manual_seed(0), use_cache=use_cache)
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - start, seq
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run(config: str, batch: int = 16, device: str = "cpu") -> dict:

@@ -3,7 +3,8 @@
 
 The baseline is the authors' model as they ship it, trained the way the project's shared
 official_bench.py does: forward under torch.autocast bf16 (fp32 weights), hard-label cross-entropy in
-fp32, torch AdamW (betas 0.9/0.95, wd 1e-4). Its size comes from the bench config: code shape, K, n_z,
+fp32, torch AdamW (betas 0.9/0.95, wd 1e-4). On a GPU (`--device cuda`) their forward runs under its
+own fp16 autocast with a GradScaler instead (`_official_forward` says why). Its size comes from the bench config: code shape, K, n_z,
 width, heads, spatial / depth layers, classes. Its codebook is random: only shapes matter for speed.
 
 rqscale's side is the training step itself: the DeepSpeed engine step (what training runs) and the plain
@@ -11,9 +12,11 @@ loop, with soft labels and stochastic codes computed from latents inside each st
 baseline gets its codes for free), grad clipping (A.3), bf16 weights + fp32 masters. Each setting runs at the config's dropout (A.3: 0.1) and with all dropout off, set
 in place on both models (every nn.Dropout's p, and rqscale's attention-weight dropout).
 
-Prepare DIR once, outside the project: export the repository's rqvae/ folder into it
-(`git archive HEAD rqvae | tar -x -C DIR`); on Python 3.11+ change the three dataclass defaults that
-are instances in DIR/rqvae/models/rqtransformer/configs.py to `field(default_factory=...)`.
+Prepare DIR once: export the repository's rqvae/ folder into it (`git archive HEAD rqvae | tar -x -C
+DIR`); on Python 3.11+ change the three dataclass defaults that are instances in
+DIR/rqvae/models/rqtransformer/configs.py to `field(default_factory=...)`. Their code stays out of
+rqscale's tree: DIR is outside it, or the checkout's `.official/`, which git ignores (a device machine
+gets that folder with the working tree when it is carried).
 """
 from __future__ import annotations
 
@@ -82,14 +85,15 @@ def official_config(cfg: Config) -> dict:
                 head=dict(n_layer=m.depth_layers, block=block()))
 
 
-def official_trainer(cfg: Config, path: str) -> tuple:
-    """(the authors' model, its step function(batch, i)): one optimizer step as official_bench.py takes it."""
+def official_trainer(cfg: Config, path: str, device: torch.device = torch.device("cpu")) -> tuple:
+    """(the authors' model on `device`, its step function(batch, i)): one optimizer step as official_bench.py
+    takes it on CPU; on a GPU, as their code runs there (`_official_forward`)."""
     from omegaconf import OmegaConf  # the authors' config API takes a DictConfig: the one importer outside config/
 
     model_cls, config_cls = import_official(path)
     torch.manual_seed(cfg.run.seed)
-    model = model_cls(config_cls.create(OmegaConf.create(official_config(cfg))))
-    codebook = torch.randn(cfg.rqvae.num_codes, cfg.rqvae.code_dim) * 0.1
+    model = model_cls(config_cls.create(OmegaConf.create(official_config(cfg)))).to(device)
+    codebook = (torch.randn(cfg.rqvae.num_codes, cfg.rqvae.code_dim) * 0.1).to(device)
 
     class Aux:  # stands in for their RQ-VAE: code embeddings with the depth axis kept
         def get_code_emb_with_depth(self, code):
@@ -99,27 +103,41 @@ def official_trainer(cfg: Config, path: str) -> tuple:
     # their forward enters torch.cuda.amp.autocast(enabled=False) each step: a FutureWarning, not ours to print
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"rqvae\.")
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda")  # their fp16 recipe on GPU; off on CPU
     model.train()
 
     def step(batch: dict, i: int):
         codes = batch["codes"]
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(codes, aux, cond=batch["cond"])
+        logits = _official_forward(model, aux, codes, batch["cond"], device)
         loss = nn.functional.cross_entropy(logits.float().reshape(-1, k), codes.reshape(-1))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         return loss
 
     return model, step
 
 
+def _official_forward(model: nn.Module, aux, codes: torch.Tensor, cond: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The authors' logits. On CPU under torch.autocast bf16, as official_bench.py (their forward's own
+    `torch.cuda.amp.autocast(enabled=amp)` does nothing there). On a GPU that inner autocast decides: amp=False
+    would switch an outer bf16 autocast off and run fp32, so they get amp=True, the fp16 autocast (with a
+    GradScaler) that their released trainer uses (rqvae/trainers/trainer.py); fp16 and bf16 products run at
+    the same tensor-core rate."""
+    if device.type == "cuda":
+        return model(codes, aux, cond=cond, amp=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        return model(codes, aux, cond=cond)
+
+
 def official_batches(cfg: Config, batches: list, seed: int = 0) -> list:
-    """The baseline's inputs for each bench batch: codes (B, H, W, D) and the same class labels, (B, 1)."""
+    """The baseline's inputs for each bench batch: codes (B, H, W, D) and the same class labels, (B, 1),
+    on the bench batches' device."""
     gen = torch.Generator().manual_seed(seed)
     shape = (cfg.train.micro_batch, *cfg.rqvae.code_shape)
-    return [{"codes": torch.randint(0, cfg.rqvae.num_codes, shape, generator=gen), "cond": b["cond"].view(-1, 1)}
-            for b in batches]
+    return [{"codes": torch.randint(0, cfg.rqvae.num_codes, shape, generator=gen).to(b["cond"].device),
+             "cond": b["cond"].view(-1, 1)} for b in batches]
 
 
 def set_dropout(model: nn.Module, p: float) -> None:
@@ -141,10 +159,11 @@ def _settings(cfg: Config) -> list:
     return [("dropout " + "/".join(f"{v:g}" for v in values), None), ("dropout 0", 0.0)]
 
 
-def compare(cfg: Config, rqscale: dict, models: list, path: str, batches: list, warmup: int, repeats: int) -> dict:
+def compare(cfg: Config, rqscale: dict, models: list, path: str, batches: list, warmup: int, repeats: int,
+            device: torch.device = torch.device("cpu")) -> dict:
     """Interleaved rates of rqscale's steps ({name: step}) and the authors' at the config's dropout and
-    with dropout off. `models`: rqscale's modules whose dropout is set with the baseline's."""
-    official_model, official_step = official_trainer(cfg, path)
+    with dropout off, all on `device`. `models`: rqscale's modules whose dropout is set with the baseline's."""
+    official_model, official_step = official_trainer(cfg, path, device)
     steps: dict[str, Callable] = {**rqscale, "official": official_step}
     feeds = {name: batches for name in rqscale} | {"official": official_batches(cfg, batches)}
     out = {"dir": path, "params": {"official": sum(p.numel() for p in official_model.parameters()),
@@ -153,7 +172,7 @@ def compare(cfg: Config, rqscale: dict, models: list, path: str, batches: list, 
         if p is not None:
             for model in (*models, official_model):
                 set_dropout(model, p)
-        times = interleaved(steps, feeds, warmup, repeats)
+        times = interleaved(steps, feeds, warmup, repeats, device)
         rates = {name: rate_of(t, cfg.train.micro_batch) for name, t in times.items()}
         base = rates["official"]["images_per_s"]
         out[label] = {"rates": rates, "vs_official": {n: r["images_per_s"] / base for n, r in rates.items() if n != "official"}}

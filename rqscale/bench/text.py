@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
+
 from rqscale.bench.common import interleaved, rate_of
 from rqscale.config import Config
 from rqscale.train.flops import stage2_flops
@@ -20,13 +22,14 @@ def class_twin_overrides(overrides: Sequence[str]) -> list:
     return [*overrides, "stage2.model.condition=class"]
 
 
-def compare(text_cfg: Config, class_cfg: Config, warmup: int, repeats: int, peak: float) -> dict:
-    """{text, class: rates + MFU + GFLOP/sample, cost_ratio, flop_ratio}: engine steps, interleaved."""
+def compare(text_cfg: Config, class_cfg: Config, warmup: int, repeats: int, peak: float,
+            device: torch.device = torch.device("cpu")) -> dict:
+    """{text, class: rates + MFU + GFLOP/sample, cost_ratio, flop_ratio}: engine steps on `device`, interleaved."""
     from rqscale.bench.train import engine_trainer, make_batches
 
     cfgs = {"text": text_cfg, "class": class_cfg}
-    steps = {name: engine_trainer(cfg)[1] for name, cfg in cfgs.items()}
-    times = interleaved(steps, {name: make_batches(cfg) for name, cfg in cfgs.items()}, warmup, repeats)
+    steps = {name: engine_trainer(cfg, device)[1] for name, cfg in cfgs.items()}
+    times = interleaved(steps, {name: make_batches(cfg, device=device) for name, cfg in cfgs.items()}, warmup, repeats, device)
     out: dict = {}
     for name, cfg in cfgs.items():
         flops = float(stage2_flops(cfg)["train"])

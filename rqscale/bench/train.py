@@ -3,8 +3,8 @@
 1. Framework overhead: images/s of one training step in the plain PyTorch loop (`Stage2Trainer`, the
    reference step) vs through the DeepSpeed engine (`Stage2Engines`: ZeRO-3, bf16, 1 rank in this
    process). Overhead = 1 - engine rate / plain rate.
-2. CPU MFU: model FLOPs per sample (`stage2_flops(cfg)["train"]`) x images/s over this machine's bf16
-   matmul peak measured in the same run, for both loops.
+2. MFU: model FLOPs per sample (`stage2_flops(cfg)["train"]`) x images/s over the bf16 matmul peak of the
+   timed device measured in the same run, for both loops.
 3. Recovery after a worker failure is measured by `rqscale.bench.recovery`; `report` prints a figure
    passed in.
 
@@ -22,6 +22,9 @@ softmax, sampling) are computed from the latents inside every step, as in traini
 reported on its own. Their FLOPs are not model FLOPs and are not counted in MFU. The RQ-VAE has random
 weights (only shapes matter for speed): its state dict goes to a temporary file that
 `stage2.rqvae_checkpoint` names, so both loops load it the way training does.
+
+Device. `--device` (`bench_device`): the CPU, or the GPU where PyTorch sees one; everything timed (models,
+batches, the authors' model) lives there, and every timed step ends when its kernels have finished.
 
 Allocator. Both loops are timed twice: with glibc malloc as the process starts, and after
 `rqscale.utils.memory.retain_freed_memory()` (no per-tensor mmap of blocks above 32 MB, freed memory
@@ -49,12 +52,41 @@ import torch
 
 from rqscale.bench import official as baseline
 from rqscale.bench import text as text_bench
-from rqscale.bench.common import machine, matmul_flops
+from rqscale.bench.common import interleaved, machine, matmul_flops
 from rqscale.config import Config, load
+from rqscale.engine.setup import quiet_framework_output
 from rqscale.models import RQVAE
 from rqscale.train.flops import stage2_flops
+from rqscale.train.loop import batch_to_device, resolve_device
+from rqscale.utils.timing import time_fn
 
 ALLOCATORS = ("default", "retained")
+CPU = torch.device("cpu")
+
+
+class DeviceError(ValueError):
+    """--device cannot be honoured on this machine; the message is one line naming the fix."""
+
+
+def bench_device(name: str) -> torch.device:
+    """The device to time: "auto" is the GPU where PyTorch sees one, else the CPU. DeepSpeed's engine picks
+    its accelerator from the machine (rqscale/engine/setup.py), so the CPU cannot be timed beside a visible
+    GPU, nor the GPU without one: both are refused in one line naming the fix."""
+    try:
+        device = resolve_device(name)
+    except RuntimeError:  # torch.device's own message lists every device type it knows
+        raise DeviceError(f"--device {name!r} is not a device: use auto, cpu or cuda") from None
+    has_gpu = torch.cuda.is_available()
+    if device.type == "cuda" and not has_gpu:
+        raise DeviceError(f"--device {name}: PyTorch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+    if device.type == "cpu" and has_gpu:
+        raise DeviceError(f"--device {name}: DeepSpeed's engine takes this machine's GPU; use --device cuda, or hide the GPU "
+                          "(CUDA_VISIBLE_DEVICES=) to time the CPU")
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"--device {name}: the benchmark times cpu or cuda, not {device.type}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL and DeepSpeed's engine use the current device
+    return device
 
 
 class MasterWeights:
@@ -98,8 +130,8 @@ def bench_config(config: str, workdir: str, overrides: Sequence[str] = ()) -> Co
     return load(config, [*overrides, *precision, f"stage2.rqvae_checkpoint={path}"], check_files=False)
 
 
-def make_batches(cfg: Config, count: int = 3, seed: int = 0) -> list:
-    """`count` micro-batches of latents and class labels, the same for every loop."""
+def make_batches(cfg: Config, count: int = 3, seed: int = 0, device: torch.device = CPU) -> list:
+    """`count` micro-batches of latents and class labels, the same for every loop, on `device`."""
     h, w, _ = cfg.rqvae.code_shape
     b, m = cfg.train.micro_batch, cfg.stage2.model
     gen = torch.Generator().manual_seed(seed)
@@ -110,18 +142,18 @@ def make_batches(cfg: Config, count: int = 3, seed: int = 0) -> list:
             batch["cond"] = torch.randint(0, m.num_classes, (b,), generator=gen)
         elif m.condition == "text":
             batch["cond"] = torch.randint(0, m.text_vocab, (b, m.text_length), generator=gen)
-        batches.append(batch)
+        batches.append(batch_to_device(batch, device))
     return batches
 
 
-def plain_trainer(cfg: Config, precision: str = "bf16"):
-    """Stage2Trainer on a Stage2Task. precision: "bf16" (bf16 weights + fp32 masters, as DeepSpeed),
-    "autocast" (fp32 weights under torch.autocast bf16) or "fp32". Returns (trainer, step function)."""
+def plain_trainer(cfg: Config, precision: str = "bf16", device: torch.device = CPU):
+    """Stage2Trainer on a Stage2Task on `device`. precision: "bf16" (bf16 weights + fp32 masters, as
+    DeepSpeed), "autocast" (fp32 weights under torch.autocast bf16) or "fp32". Returns (trainer, step function)."""
     from rqscale.train.stage2 import Stage2Trainer, load_rqvae
     from rqscale.tasks import Stage2Task
 
     torch.manual_seed(cfg.run.seed)
-    task = Stage2Task(cfg, load_rqvae(cfg))
+    task = Stage2Task(cfg, load_rqvae(cfg)).to(device)
     trainer = Stage2Trainer(task, cfg)  # AdamW + schedule over the fp32 parameters
     if precision == "bf16":
         master = list(task.model.parameters())
@@ -133,25 +165,25 @@ def plain_trainer(cfg: Config, precision: str = "bf16"):
 
     def step(batch: dict, i: int):
         if precision == "autocast":
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 return trainer.step([batch], i)
         return trainer.step([batch], i)
 
     return trainer, step
 
 
-def engine_trainer(cfg: Config):
-    """Stage2Engines (ZeRO-3 per the config, 1 rank in this process). Returns (engines, step function)."""
+def engine_trainer(cfg: Config, device: torch.device = CPU):
+    """Stage2Engines (ZeRO-3 per the config, 1 rank in this process) on `device`. Returns (engines, step function)."""
     from rqscale.engine import init_distributed
     from rqscale.train.stage2_engine import Stage2Engines
 
     init_distributed()
     torch.manual_seed(cfg.run.seed)
-    engines = Stage2Engines(cfg, world_size=1, device=torch.device("cpu"))
+    engines = Stage2Engines(cfg, world_size=1, device=device)
 
     def step(batch: dict, i: int):
         metrics, taken = engines.step([batch], i)
-        if float(taken) < 0.5:  # a host read per step is fine here: the benchmark times whole steps on CPU
+        if float(taken) < 0.5:  # a host read per step is fine here: the benchmark times whole, synchronised steps
             raise RuntimeError(f"non-finite loss in benchmark step {i}: {metrics}")
         return metrics
 
@@ -165,26 +197,15 @@ def first_loss(step, batch: dict, seed: int = 1234) -> float:
     return float(step(batch, 0)["total"])
 
 
-def time_steps(step, batches: list, warmup: int, repeats: int) -> list:
-    """Seconds of each of `repeats` steps after `warmup` untimed ones, cycling through `batches`."""
-    for i in range(warmup):
-        step(batches[i % len(batches)], i)
-    times = []
-    for i in range(warmup, warmup + repeats):
-        start = time.perf_counter()
-        step(batches[i % len(batches)], i)
-        times.append(time.perf_counter() - start)
-    return times
+def time_steps(step, batches: list, warmup: int, repeats: int, device: torch.device = CPU) -> list:
+    """Seconds of each of `repeats` steps after `warmup` untimed ones, cycling through `batches`; on a GPU
+    each ends when its queued kernels have finished."""
+    return interleaved({"step": step}, {"step": batches}, warmup, repeats, device)["step"]
 
 
-def time_targets(task, batch: dict, repeats: int = 3) -> float:
+def time_targets(task, batch: dict, repeats: int = 3, device: torch.device = CPU) -> float:
     """Median seconds of the soft labels + stochastic codes of one micro-batch (inside every step)."""
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        task.targets(task.latents(batch))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[1:])
+    return time_fn(lambda: task.targets(task.latents(batch)), device, repeats=repeats)
 
 
 def _rates(times: list, batch: int, flops: float, peak: float) -> dict:
@@ -192,10 +213,10 @@ def _rates(times: list, batch: int, flops: float, peak: float) -> dict:
     return {"step_s": seconds, "step_times_s": times, "images_per_s": batch / seconds, "mfu": flops * batch / seconds / peak}
 
 
-def compare(steps: dict, batches: list, warmup: int, repeats: int, flops: float, peak: float) -> dict:
+def compare(steps: dict, batches: list, warmup: int, repeats: int, flops: float, peak: float, device: torch.device = CPU) -> dict:
     """Rates and MFU of each loop in `steps` ({"plain": step, "engine": step}), and the overhead."""
     batch = len(next(iter(batches[0].values())))
-    out = {name: _rates(time_steps(step, batches, warmup, repeats), batch, flops, peak) for name, step in steps.items()}
+    out = {name: _rates(time_steps(step, batches, warmup, repeats, device), batch, flops, peak) for name, step in steps.items()}
     out["overhead"] = 1.0 - out["engine"]["images_per_s"] / out["plain"]["images_per_s"]
     return out
 
@@ -224,12 +245,15 @@ def _peaks(dev: torch.device) -> tuple:
 
 def run(config: str = "configs/debug/stage2_bench.yaml", warmup: int = 2, repeats: int = 5,
         overrides: Sequence[str] = (), allocators: Sequence[str] = ALLOCATORS, autocast: bool = True,
-        official: Optional[str] = None) -> dict:
+        official: Optional[str] = None, device: str = "auto") -> dict:
     """Time the plain loop and the engine under each allocator setting; MFU against the matmul peaks
-    measured in this run. `official`: a directory with the authors' code, timed against both loops."""
+    measured in this run. `official`: a directory with the authors' code, timed against both loops.
+    `device`: "cpu", "cuda" or "auto" (`bench_device`)."""
     unknown = set(allocators) - set(ALLOCATORS)
     if unknown:
         raise ValueError(f"unknown allocator settings {sorted(unknown)}; choose from {ALLOCATORS}")
+    dev = bench_device(device)
+    quiet_framework_output()  # the report is the terminal's content
     if official is not None:
         baseline.import_official(official)  # a bad directory fails now, before minutes of timing
     started = time.perf_counter()
@@ -237,29 +261,29 @@ def run(config: str = "configs/debug/stage2_bench.yaml", warmup: int = 2, repeat
         cfg = bench_config(config, workdir, overrides)
         if official is not None:
             baseline.official_config(cfg)  # a size the authors' model cannot take fails now too
-        batches, flops = make_batches(cfg), float(stage2_flops(cfg)["train"])
-        peak16, peak32 = _peaks(torch.device("cpu"))
-        plain, plain_step = plain_trainer(cfg, cfg.engine.precision)  # the engine's precision
-        engines, engine_step = engine_trainer(cfg)
+        batches, flops = make_batches(cfg, device=dev), float(stage2_flops(cfg)["train"])
+        peak16, peak32 = _peaks(dev)
+        plain, plain_step = plain_trainer(cfg, cfg.engine.precision, dev)  # the engine's precision
+        engines, engine_step = engine_trainer(cfg, dev)
         steps = {"plain": plain_step, "engine": engine_step}
         losses = {name: first_loss(step, batches[0]) for name, step in steps.items()}
-        targets_s = time_targets(plain.task, batches[0])
-        results, current = _timed_settings(steps, batches, allocators, (warmup, repeats, flops, peak16))
+        targets_s = time_targets(plain.task, batches[0], device=dev)
+        results, current = _timed_settings(steps, batches, allocators, (warmup, repeats, flops, peak16, dev))
         if autocast:
-            step = plain_trainer(cfg, "autocast")[1]
-            seconds = statistics.median(time_steps(step, batches, 1, max(1, repeats // 2 + 1)))
+            step = plain_trainer(cfg, "autocast", dev)[1]
+            seconds = statistics.median(time_steps(step, batches, 1, max(1, repeats // 2 + 1), dev))
             results.update(autocast_images_per_s=cfg.train.micro_batch / seconds, autocast_allocator=current)
         if official is not None:
             results["official"] = baseline.compare(cfg, steps, [plain.task.model, engines.task.model], official,
-                                                   batches, warmup, repeats)
+                                                   batches, warmup, repeats, dev)
             baseline.gemm_floor(results["official"], flops * cfg.train.micro_batch, peak16)
             results["official"]["allocator"] = current
         if cfg.stage2.model.condition == "text":
             twin = bench_config(config, workdir, text_bench.class_twin_overrides(overrides))
-            results["text_vs_class"] = text_bench.compare(cfg, twin, warmup, repeats, peak16)
+            results["text_vs_class"] = text_bench.compare(cfg, twin, warmup, repeats, peak16, dev)
     m, r = cfg.stage2.model, cfg.rqvae
     return {
-        "benchmark": "train.stage2", "machine": machine(), "config": config, "overrides": list(overrides),
+        "benchmark": "train.stage2", "machine": machine(), "device": str(dev), "config": config, "overrides": list(overrides),
         "model": {"embed_dim": m.embed_dim, "spatial_layers": m.spatial_layers, "depth_layers": m.depth_layers,
                   "dropout": [m.embd_dropout, m.resid_dropout, m.attn_dropout]},
         "K": r.num_codes, "code_shape": list(r.code_shape), "batch": cfg.train.micro_batch, "condition": m.condition,
@@ -276,7 +300,7 @@ def report(r: dict, recovery_s: Optional[float] = None) -> str:
     h, w, d = r["code_shape"]
     lines = [
         f"train  config={r['config']}  model={r['model']} K={r['K']} codes={h}x{w}x{d} batch={r['batch']}",
-        f"  machine: {r['machine']}",
+        f"  machine: {r['machine']};  timed on {r.get('device', 'cpu')}",
         f"  matmul peak (same run): bf16 {r['matmul_bf16_gflops']:.0f} GFLOP/s, fp32 {r['matmul_fp32_gflops']:.0f} GFLOP/s;"
         f"  model FLOPs {r['train_gflop_per_sample']:.2f} GFLOP/sample (fwd+bwd = 3x fwd)",
         f"  plain = Stage2Trainer in the engine's precision (bf16: bf16 weights + fp32 master weights in AdamW);  engine = DeepSpeed ZeRO-{r['engine']['zero_stage']}"

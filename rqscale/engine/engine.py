@@ -21,7 +21,7 @@ from torch import nn
 # deepspeed is imported inside the functions, through import_deepspeed: DeepSpeed picks its accelerator
 # when first imported, and setting that up is process set-up, not something importing rqscale may do.
 from rqscale.engine.safe_checkpoint import verify_deepspeed_files
-from rqscale.engine.setup import import_deepspeed
+from rqscale.engine.setup import import_deepspeed, printed_to_log
 
 UNIVERSAL_SUFFIX = "_universal"
 
@@ -47,12 +47,11 @@ def init_distributed() -> None:
         return
     deepspeed = import_deepspeed()
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:  # a launcher set the rendezvous
+    if "WORLD_SIZE" not in os.environ or "MASTER_ADDR" not in os.environ:  # no launcher set the rendezvous
+        dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it; no port, so safe to inherit
+    with printed_to_log(__name__):  # DeepSpeed prints that it built its CPU communication op
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
-        return
-    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed's engine reads it; no port, so safe to inherit
-    deepspeed.init_distributed(dist_backend=backend, verbose=False)
 
 
 def _free_port() -> int:

@@ -12,8 +12,12 @@ export) need no entry point.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 import sys
+import warnings
 
 
 def accelerator_name() -> str:
@@ -37,3 +41,25 @@ def import_deepspeed():
     import deepspeed
 
     return deepspeed
+
+
+def quiet_framework_output() -> None:
+    """Keep out of a terminal what nobody running rqscale can act on: the deprecation warnings DeepSpeed's
+    ZeRO collectives trigger in torch.distributed (one per process), and torch's notice that a CUDA_HOME
+    exists without a GPU when DeepSpeed builds its CPU communication op. For processes that show rqscale's
+    own lines: Ray Train workers and the in-process benchmarks."""
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def printed_to_log(name: str):
+    """What the block prints to stdout goes to the `name` logger at INFO instead: DeepSpeed prints
+    ("... built successfully") where a library should log."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        for line in buffer.getvalue().splitlines():
+            logging.getLogger(name).info(line)

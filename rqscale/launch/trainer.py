@@ -73,13 +73,14 @@ def _write_line(line: str) -> None:
 
 
 def _quiet_worker_logs() -> None:
-    """rqscale prints its own progress line; Ray Train's per-report INFO lines and the deprecation
-    warnings DeepSpeed triggers in torch.distributed would bury it, and nobody can act on them."""
+    """rqscale prints its own progress line; Ray Train's per-report INFO lines and the framework's
+    warnings (`quiet_framework_output`) would bury it, and nobody can act on them."""
     import logging
-    import warnings
+
+    from rqscale.engine.setup import quiet_framework_output
 
     logging.getLogger("ray.train").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
+    quiet_framework_output()
 
 
 def train_fn(loop_config: dict) -> None:

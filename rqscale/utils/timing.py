@@ -9,7 +9,8 @@ from typing import Callable
 import torch
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (CUDA); a no-op on CPU, whose ops return when done."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -18,11 +19,11 @@ def time_fn(fn: Callable[[], object], device: torch.device, repeats: int = 5, wa
     """Median wall time of `fn` in seconds, after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        _sync(device)
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)

@@ -40,6 +40,9 @@ def test_train_benchmark_reports_rates_overhead_and_mfu():
     assert "framework overhead" in done.stdout and "MFU vs bf16 peak" in done.stdout
     assert "official" not in r  # no baseline asked for
     assert "not measured here" in report(r)  # without recovery_s
+    assert lines[0].startswith("train  config=") and r["device"] == "cpu"  # the report first: no framework lines
+    for noise in ("FutureWarning", "CUDA_HOME", "built successfully"):
+        assert noise not in done.stderr and noise not in done.stdout, noise
 
 
 @pytest.mark.slow
@@ -155,3 +158,79 @@ def test_gemm_floor_gives_each_contenders_time_beyond_the_matrix_products_and_th
     assert c["dropout 0"]["ceiling_vs_official"] == pytest.approx(2.0 / 1.5)
     text = "\n".join(baseline.report_lines(c, {"plain": "plain", "official": "authors"}))
     assert "1500 ms" in text and "plain 500, authors 900" in text and "1.60x the authors'" in text
+
+
+# ---- the GPU's side of the timing (--device), its logic checked on this machine ----------------------
+
+def test_bench_device_is_refused_in_one_line_where_the_engine_cannot_follow(monkeypatch):
+    from rqscale.bench.train import DeviceError, bench_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without a GPU
+    assert bench_device("auto") == torch.device("cpu") and bench_device("cpu") == torch.device("cpu")
+    for name, words in (("cuda", "sees no CUDA GPU"), ("bogus", "not a device"), ("meta", "cpu or cuda, not meta")):
+        with pytest.raises(DeviceError) as e:
+            bench_device(name)
+        assert "\n" not in str(e.value) and words in str(e.value), name
+    current = []  # a machine with one: auto and cuda take it (and make it current); cpu is refused
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert bench_device("auto") == torch.device("cuda", 0) and bench_device("cuda:1") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    with pytest.raises(DeviceError, match="CUDA_VISIBLE_DEVICES"):
+        bench_device("cpu")
+
+
+def test_cli_refuses_a_gpu_the_machine_lacks_in_one_line():
+    env = {**__import__("os").environ, "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible, whatever the machine has
+    done = subprocess.run([sys.executable, "-m", "rqscale.bench", "train", "--device", "cuda"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().count("\n") == 0 and "sees no CUDA GPU" in done.stderr, done.stderr
+    done = subprocess.run([sys.executable, "-m", "rqscale.bench", "train", "--config", "configs/debug/dq_bench.yaml",
+                           "--device", "cuda"], capture_output=True, text=True, cwd=REPO, timeout=120, env=env)
+    assert done.returncode == 2 and done.stdout == ""  # the DQ comparison's plain step stays on the CPU: not ignored silently
+    assert done.stderr.strip().count("\n") == 0 and "CPU only; drop --device cuda" in done.stderr, done.stderr
+
+
+def test_timed_gpu_steps_wait_for_their_kernels(monkeypatch):
+    events = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: events.append(("sync", device)))
+    steps = {name: (lambda n: lambda batch, i: events.append((n, i)))(name) for name in "ab"}
+    cuda = torch.device("cuda", 0)
+    times = interleaved(steps, {"a": [0], "b": [0]}, warmup=1, repeats=2, device=cuda)
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2}
+    timed = events[2:]  # after the warm-up round: every timed step between two synchronisations
+    assert timed == [("sync", cuda), ("a", 1), ("sync", cuda), ("sync", cuda), ("b", 1), ("sync", cuda),
+                     ("sync", cuda), ("b", 2), ("sync", cuda), ("sync", cuda), ("a", 2), ("sync", cuda)]
+    events.clear()
+    interleaved(steps, {"a": [0], "b": [0]}, warmup=0, repeats=1)  # CPU: no synchronisation
+    assert [e for e in events if e[0] == "sync"] == []
+
+
+def test_bench_inputs_and_models_follow_the_device(tmp_path):
+    from rqscale.bench.train import bench_config, make_batches, plain_trainer
+
+    meta = torch.device("meta")  # any device but the CPU: nothing here may stay behind on the host
+    cfg = bench_config(DEBUG_STAGE2, str(tmp_path))
+    batches = make_batches(cfg, count=2, device=meta)
+    assert {t.device for b in batches for t in b.values()} == {meta}
+    codes = baseline.official_batches(cfg, batches)
+    assert {t.device for b in codes for t in b.values()} == {meta} and codes[0]["codes"].shape[1:] == (8, 8, 4)
+    trainer, _ = plain_trainer(cfg, "bf16", meta)
+    assert {p.device for p in trainer.task.model.parameters()} == {meta}
+    assert {p.dtype for p in trainer.task.model.parameters()} == {torch.bfloat16}
+
+
+def test_the_authors_forward_runs_their_autocast_on_gpu_and_bf16_autocast_on_cpu():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, codes, aux, cond=None, amp=False):
+            seen.append((amp, torch.is_autocast_enabled("cpu")))
+            return codes
+
+    codes, cond = torch.zeros(2, 3), torch.zeros(2, 1)
+    baseline._official_forward(Recorder(), None, codes, cond, torch.device("cpu"))
+    baseline._official_forward(Recorder(), None, codes, cond, torch.device("cuda", 0))
+    assert seen == [(False, True), (True, False)]  # CPU: outer bf16 autocast; GPU: their own (amp=True) alone

@@ -43,13 +43,13 @@ def _fake_nvidia_smi(folder, lists_gpu: bool) -> str:
     return f"{folder}{os.pathsep}{os.environ['PATH']}"
 
 
-def _run_script(tmp_path, path_env: str):
+def _run_script(tmp_path, path_env: str, *extra: str):
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     (wheels / "marker.whl").write_bytes(b"not a wheel")
     env = {**os.environ, "PATH": path_env, "RQSCALE_PYTHON": sys.executable}
     began = time.monotonic()
-    done = subprocess.run(["bash", SCRIPT, "--wheels", str(wheels), "--out", str(tmp_path / "out")], capture_output=True,
+    done = subprocess.run(["bash", SCRIPT, "--wheels", str(wheels), "--out", str(tmp_path / "out"), *extra], capture_output=True,
                           text=True, env=env, timeout=60)
     return done, time.monotonic() - began
 
@@ -62,6 +62,13 @@ def test_script_refuses_a_machine_without_gpu_at_once(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "no CUDA GPU found" in lines[0]
     assert not (tmp_path / "out").exists()  # nothing installed, nothing written
+
+
+def test_the_official_comparison_mode_refuses_a_machine_without_gpu_at_once(tmp_path):
+    done, seconds = _run_script(tmp_path, _fake_nvidia_smi(tmp_path, lists_gpu=False), "--vs-official", str(tmp_path))
+    assert done.returncode == 2 and seconds < 5 and done.stdout == ""
+    assert done.stderr.strip().count("\n") == 0 and "no CUDA GPU found" in done.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a PyTorch that sees no GPU")
