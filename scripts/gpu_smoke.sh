@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The one-GPU proof (DESIGN.md): on one CUDA GPU, from a bare machine with this repo, in at most 8 minutes.
 #   bash scripts/gpu_smoke.sh [--wheels DIR] [--out DIR] [driver options, see python -m rqscale.bench.gpu_smoke -h]
-#   bash scripts/gpu_smoke.sh [--wheels DIR] --vs-official DIR   (steps 1-2, then the stage-2 step against the
-#        authors' code in DIR on this GPU instead of the driver: python -m rqscale.bench train --device cuda
-#        --official DIR; DIR prepared as rqscale/bench/official.py says, e.g. the checkout's ignored .official/)
+#   bash scripts/gpu_smoke.sh [--wheels DIR] --vs-official DIR [key=value ...]   (steps 1-2, then the stage-2 step
+#        against the authors' code in DIR on this GPU instead of the driver: python -m rqscale.bench train --device
+#        cuda --official DIR [overrides of its config]; DIR prepared as rqscale/bench/official.py says, e.g. the
+#        checkout's ignored .official/)
 # 1. Refuses at once, before installing anything, where there is no CUDA GPU (exit 2).
 # 2. Install: uses the machine's own torch; wheels from --wheels DIR (or $RQSCALE_WHEELS) go into
 #    <out>/site with pip --no-index --no-deps (no network needed); the repo itself goes on PYTHONPATH.
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
     --wheels) wheels=${2:?--wheels needs a folder}; shift 2 ;;
     --out) out=${2:?--out needs a folder}; shift 2 ;;
     --vs-official) official=${2:?--vs-official needs the folder holding the authors\' rqvae/}; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) driver_args+=("$1"); shift ;;
   esac
 done
@@ -63,9 +64,10 @@ grep -h "version warnings" "$out/check-deps.log" >&2
 [ "$missing" = ok ] || code=3 fail "missing Python packages: ${missing:-(the check itself failed: $(tail -n 1 "$out/check-deps.log"))}. Make wheels on a machine with PyPI (bash scripts/gpu_smoke_wheels.sh -> .whl) and rerun with --wheels .whl (or RQSCALE_WHEELS=.whl)"
 
 left=$((budget_s - SECONDS))
+[ "$left" -gt 60 ] || fail "the install left ${left} s of the ${budget_s} s budget: too little to run anything"
 if [ -n "$official" ]; then  # the stage-2 step against the authors' on this GPU (issue 12), not the driver
   timeout $((left - 5)) "$py" -m rqscale.bench train --device cuda --official "$official" --warmup 5 --repeats 20 \
-    --allocators default 2>"$out/bench-train.log"
+    --allocators default "${driver_args[@]}" 2>"$out/bench-train.log"
   rc=$?
   [ "$rc" -eq 0 ] || fail "the training benchmark failed (exit $rc): $(tail -n 1 "$out/bench-train.log"); log: $out/bench-train.log"
   exit 0

@@ -61,6 +61,11 @@ def interleaved(steps: dict, batches: dict, warmup: int, repeats: int, device: t
     return times
 
 
+def ms(seconds: float) -> str:
+    """Milliseconds for a report: whole ones from 100 ms (CPU steps), tenths below (GPU steps)."""
+    return f"{seconds * 1e3:.0f}" if seconds >= 0.1 else f"{seconds * 1e3:.1f}"
+
+
 def rate_of(times: list, batch: int) -> dict:
     seconds = statistics.median(times)
     return {"images_per_s": batch / seconds, "step_s": seconds, "step_times_s": times}

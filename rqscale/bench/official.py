@@ -28,9 +28,11 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rqscale.bench.common import interleaved, rate_of
+from rqscale.bench.common import interleaved, ms, rate_of
 from rqscale.config import Config
 
+CPU_RECIPE = "torch.autocast bf16"
+GPU_RECIPE = "their forward's fp16 autocast + GradScaler"
 MODEL_FILE = os.path.join("rqvae", "models", "rqtransformer", "transformers.py")
 PATCH = ("in rqvae/models/rqtransformer/configs.py make the instance defaults (= AttentionBlockConfig(), "
          "= AttentionStackConfig() twice) field(default_factory=...) and import field (Python 3.11+)")
@@ -166,7 +168,7 @@ def compare(cfg: Config, rqscale: dict, models: list, path: str, batches: list, 
     official_model, official_step = official_trainer(cfg, path, device)
     steps: dict[str, Callable] = {**rqscale, "official": official_step}
     feeds = {name: batches for name in rqscale} | {"official": official_batches(cfg, batches)}
-    out = {"dir": path, "params": {"official": sum(p.numel() for p in official_model.parameters()),
+    out = {"dir": path, "recipe": GPU_RECIPE if device.type == "cuda" else CPU_RECIPE, "params": {"official": sum(p.numel() for p in official_model.parameters()),
                                    "rqscale": sum(p.numel() for p in models[0].parameters())}}
     for label, p in _settings(cfg):
         if p is not None:
@@ -192,7 +194,7 @@ def gemm_floor(c: dict, flops_per_step: float, peak: float) -> None:
 
 def report_lines(c: dict, labels: dict) -> list:
     """Lines for `train.report`; labels: {contender name: what it is}."""
-    lines = [f"  vs the authors' RQ-Transformer ({c['dir']}; torch.autocast bf16, hard-label CE, torch AdamW):"
+    lines = [f"  vs the authors' RQ-Transformer ({c['dir']}; {c.get('recipe', CPU_RECIPE)}, hard-label CE, torch AdamW):"
              f" params rqscale {c['params']['rqscale'] / 1e6:.1f}M, authors {c['params']['official'] / 1e6:.1f}M;"
              f" same process, steps interleaved"]
     for key, x in c.items():
@@ -203,7 +205,7 @@ def report_lines(c: dict, labels: dict) -> list:
                  for n, r in rates.items()]
         lines.append(f"    [{key}] " + ";  ".join(parts))
         if "beyond_floor_s" in x:
-            beyond = ", ".join(f"{labels.get(n, n)} {t * 1e3:.0f}" for n, t in x["beyond_floor_s"].items())
-            lines.append(f"      ms a step beyond the matrix products at the same-run peak ({c['gemm_floor_s'] * 1e3:.0f} ms): "
+            beyond = ", ".join(f"{labels.get(n, n)} {ms(t)}" for n, t in x["beyond_floor_s"].items())
+            lines.append(f"      ms a step beyond the matrix products at the same-run peak ({ms(c['gemm_floor_s'])} ms): "
                          f"{beyond};  a step of matrix products alone would be {x['ceiling_vs_official']:.2f}x the authors'")
     return lines

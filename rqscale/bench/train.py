@@ -52,7 +52,7 @@ import torch
 
 from rqscale.bench import official as baseline
 from rqscale.bench import text as text_bench
-from rqscale.bench.common import interleaved, machine, matmul_flops
+from rqscale.bench.common import interleaved, machine, matmul_flops, ms
 from rqscale.config import Config, load
 from rqscale.engine.setup import quiet_framework_output
 from rqscale.models import RQVAE
@@ -79,6 +79,10 @@ def bench_device(name: str) -> torch.device:
     has_gpu = torch.cuda.is_available()
     if device.type == "cuda" and not has_gpu:
         raise DeviceError(f"--device {name}: PyTorch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+    engine_gpu = int(os.environ.get("LOCAL_RANK", "0"))  # the one DeepSpeed's engine binds
+    if device.type == "cuda" and device.index != engine_gpu:
+        raise DeviceError(f"--device {name}: DeepSpeed's engine takes GPU {engine_gpu} (LOCAL_RANK), and every loop must be "
+                          f"timed on one GPU; use --device cuda, or CUDA_VISIBLE_DEVICES={device.index} to time that GPU")
     if device.type == "cpu" and has_gpu:
         raise DeviceError(f"--device {name}: DeepSpeed's engine takes this machine's GPU; use --device cuda, or hide the GPU "
                           "(CUDA_VISIBLE_DEVICES=) to time the CPU")
@@ -237,9 +241,17 @@ def _timed_settings(steps: dict, batches: list, allocators: Sequence[str], timin
     return results, current
 
 
+def peak_shapes(dev: torch.device) -> tuple:
+    """The (m, k, n) products whose best rate is the peak. On CPU a square one and the model's largest Linear
+    shape; on a GPU one 8192^3 product (as rqscale.bench.gpu_parts), ~1.4 ms on an H100 in bf16, where the
+    launch and the synchronisation around each timed product would be a fifth of the bench model's
+    shapes' ~0.1 ms."""
+    return ((8192, 8192, 8192),) if dev.type == "cuda" else ((2048, 2048, 2048), (8192, 512, 2048))
+
+
 def _peaks(dev: torch.device) -> tuple:
-    """(bf16, fp32) matmul FLOP/s: each the best of a square product and the model's largest Linear shape."""
-    best = lambda dtype: max(matmul_flops(2048, 2048, 2048, dtype, dev), matmul_flops(8192, 512, 2048, dtype, dev))  # noqa: E731
+    """(bf16, fp32) matmul FLOP/s: each the best of `peak_shapes`."""
+    best = lambda dtype: max(matmul_flops(*shape, dtype, dev) for shape in peak_shapes(dev))  # noqa: E731
     return best(torch.bfloat16), best(torch.float32)
 
 
@@ -320,8 +332,8 @@ def report(r: dict, recovery_s: Optional[float] = None) -> str:
         p, e = x["plain"], x["engine"]
         lines += [
             f"  [{setting}: {label}]",
-            f"    plain  {p['images_per_s']:6.2f} img/s ({p['step_s'] * 1e3:.0f} ms/step)   engine {e['images_per_s']:6.2f} img/s"
-            f" ({e['step_s'] * 1e3:.0f} ms/step)",
+            f"    plain  {p['images_per_s']:6.2f} img/s ({ms(p['step_s'])} ms/step)   engine {e['images_per_s']:6.2f} img/s"
+            f" ({ms(e['step_s'])} ms/step)",
             f"    framework overhead 1 - engine/plain: {x['overhead']:.2f}   (goal <= 0.20)",
             f"    MFU vs bf16 peak: plain {p['mfu']:.2f}, engine {e['mfu']:.2f}   (goal >= 0.5; straightforward bf16 ~0.39)",
         ]
@@ -329,7 +341,7 @@ def report(r: dict, recovery_s: Optional[float] = None) -> str:
     if last:
         step_s = r[last[-1]]["plain"]["step_s"]
         lines.append(f"  soft labels + stochastic codes from latents (inside each step, not model FLOPs): "
-                     f"{r['targets_s'] * 1e3:.0f} ms = {r['targets_s'] / step_s:.2f} of the plain step [{last[-1]}]")
+                     f"{ms(r['targets_s'])} ms = {r['targets_s'] / step_s:.2f} of the plain step [{last[-1]}]")
     if "autocast_images_per_s" in r:
         lines.append(f"  for reference, plain under torch.autocast bf16 (fp32 weights): {r['autocast_images_per_s']:.2f} img/s"
                      f" [{r['autocast_allocator']}]")

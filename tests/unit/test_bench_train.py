@@ -40,7 +40,8 @@ def test_train_benchmark_reports_rates_overhead_and_mfu():
     assert "framework overhead" in done.stdout and "MFU vs bf16 peak" in done.stdout
     assert "official" not in r  # no baseline asked for
     assert "not measured here" in report(r)  # without recovery_s
-    assert lines[0].startswith("train  config=") and r["device"] == "cpu"  # the report first: no framework lines
+    assert lines[0].startswith("train  config=")  # the report first: no framework lines
+    assert r["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")  # --device auto
     for noise in ("FutureWarning", "CUDA_HOME", "built successfully"):
         assert noise not in done.stderr and noise not in done.stdout, noise
 
@@ -158,6 +159,10 @@ def test_gemm_floor_gives_each_contenders_time_beyond_the_matrix_products_and_th
     assert c["dropout 0"]["ceiling_vs_official"] == pytest.approx(2.0 / 1.5)
     text = "\n".join(baseline.report_lines(c, {"plain": "plain", "official": "authors"}))
     assert "1500 ms" in text and "plain 500, authors 900" in text and "1.60x the authors'" in text
+    assert "torch.autocast bf16" in text  # the CPU recipe
+    c.update(recipe=baseline.GPU_RECIPE, gemm_floor_s=0.0123)  # a GPU's step: milliseconds to a tenth
+    text = "\n".join(baseline.report_lines(c, {"plain": "plain", "official": "authors"}))
+    assert "fp16 autocast + GradScaler" in text and "(12.3 ms)" in text
 
 
 # ---- the GPU's side of the timing (--device), its logic checked on this machine ----------------------
@@ -175,8 +180,12 @@ def test_bench_device_is_refused_in_one_line_where_the_engine_cannot_follow(monk
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "set_device", current.append)
     monkeypatch.setenv("LOCAL_RANK", "0")
-    assert bench_device("auto") == torch.device("cuda", 0) and bench_device("cuda:1") == torch.device("cuda", 1)
-    assert current == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert bench_device("auto") == torch.device("cuda", 0) and bench_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(DeviceError, match="engine takes GPU 0 .LOCAL_RANK.*CUDA_VISIBLE_DEVICES=1"):
+        bench_device("cuda:1")  # the engine would be on GPU 0, the plain loop on GPU 1
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert bench_device("cuda") == torch.device("cuda", 1) and bench_device("cuda:1") == torch.device("cuda", 1)
+    assert current == [torch.device("cuda", i) for i in (0, 0, 1, 1)]
     with pytest.raises(DeviceError, match="CUDA_VISIBLE_DEVICES"):
         bench_device("cpu")
 
@@ -234,3 +243,11 @@ def test_the_authors_forward_runs_their_autocast_on_gpu_and_bf16_autocast_on_cpu
     baseline._official_forward(Recorder(), None, codes, cond, torch.device("cpu"))
     baseline._official_forward(Recorder(), None, codes, cond, torch.device("cuda", 0))
     assert seen == [(False, True), (True, False)]  # CPU: outer bf16 autocast; GPU: their own (amp=True) alone
+
+
+def test_the_peak_is_timed_on_products_big_enough_for_the_device():
+    from rqscale.bench.train import peak_shapes
+
+    flops = lambda shapes: max(2 * m * k * n for m, k, n in shapes)  # noqa: E731
+    assert flops(peak_shapes(torch.device("cuda", 0))) >= 2 * 8192 ** 3  # ~1.4 ms on an H100: launches do not count
+    assert flops(peak_shapes(torch.device("cpu"))) == 2 * 2048 ** 3
